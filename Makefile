@@ -1,0 +1,31 @@
+# `make demo` and `make test` are all a newcomer needs: each sets up .venv first when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: on these machines torch==2.13.0 is the CPU wheel on local disk, while an
+# unpinned torch (even as a dependency) would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean-venv
+
+$(BIN)/uhd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(BIN)/uhd
+
+setup: $(BIN)/uhd
+
+demo: setup
+	@test -d data/synth || $(BIN)/uhd dataset synth data/synth --n 600 --seed 0
+	$(BIN)/uhd train --preset quickstart --exist-ok
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/train_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

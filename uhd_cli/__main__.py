@@ -1,0 +1,3 @@
+from uhd_cli.main import main
+
+main()

@@ -1,0 +1,82 @@
+"""`uhd train`: every flag is generated from RunConfig, so names and defaults live in one place.
+
+Each option defaults to None, which means "not typed": only typed flags override the preset (or
+the resumed checkpoint's config), as the original tool's command lines expect.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any, Optional
+
+import typer
+
+from uhd_cli.console import PlainLinePrinter, RichProgressRenderer, stdout_is_interactive
+from uhd_cli.errors import friendly_errors
+from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, RunConfig, available_presets
+
+_PANELS = {
+    "model": "Model", "data": "Data", "run": "Run", "optim": "Optimisation", "eval": "Evaluation",
+    "cnn": "CNN", "anchor": "Anchor head", "transformer": "Transformer", "distill": "Distillation",
+}
+
+
+def _cli_annotation(annotation: Any) -> Any:
+    """Literal/int/float/bool pass through (Typer parses them); tuples are typed as their string form."""
+    if typing.get_origin(annotation) is tuple:
+        return Optional[str]
+    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return Optional[inner[0]]
+    return Optional[annotation]
+
+
+def _default_text(name: str, default: Any) -> str:
+    if name == "img_size":
+        return f"{default[0]}x{default[1]}"
+    if name == "classes":
+        return ",".join(map(str, default))
+    if name == "device":
+        return "cuda if available"
+    if name == "aug_config" and default == ORIGINAL_DEFAULT_AUG_CONFIG:
+        return f"{default} = built-in"
+    if default in ("", None, ()):
+        return "none"
+    return str(default)
+
+
+def _generated_parameters() -> list[inspect.Parameter]:
+    params = []
+    for name, field in RunConfig.model_fields.items():
+        extra = field.json_schema_extra or {}
+        if not extra.get("cli", True):
+            continue
+        flag = "--" + name.replace("_", "-")
+        decl = f"{flag}/--no-{flag[2:]}" if field.annotation is bool else flag
+        option = typer.Option(None, decl, help=field.description, show_default=_default_text(name, field.default),
+                              metavar=extra.get("metavar"), rich_help_panel=_PANELS.get(extra.get("group")))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=_cli_annotation(field.annotation)))
+    return params
+
+
+@friendly_errors
+def train(preset: Optional[str] = None, **flags: Any) -> None:
+    """Train a detector on a YOLO-format folder (typed flags override the preset)."""
+    from uhd_core.engine.api import run_training  # torch is imported only when training
+
+    typed = {name: value for name, value in flags.items() if value is not None}
+    renderer = RichProgressRenderer() if stdout_is_interactive() else PlainLinePrinter()
+    result = run_training(preset, typed, [renderer])
+    typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
+    typer.echo(f"run dir: {result.run_dir}")
+
+
+_preset = inspect.Parameter(
+    "preset", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+    default=typer.Option(None, "--preset", help="Preset name (presets/NAME.yaml: "
+                         + ", ".join(available_presets()) + ") or a YAML path; typed flags override it."),
+)
+train.__signature__ = inspect.Signature([_preset, *_generated_parameters()])  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]

@@ -1,0 +1,98 @@
+"""Rendering of training events on the terminal: a rich progress bar, or plain lines when piped."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from uhd_core.engine.events import (
+    DataPrepared,
+    DecodeProgressed,
+    EpochEnded,
+    Event,
+    EvalFinished,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepEnded,
+    format_event_line,
+)
+
+
+def stdout_is_interactive() -> bool:
+    import os
+
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+class PlainLinePrinter:
+    """One line per logged step/eval/checkpoint: readable in CI logs and pipes."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, DecodeProgressed):
+            if event.done == event.total:
+                print(f"decoded {event.total} images", file=self.stream, flush=True)
+            return
+        line = format_event_line(event)
+        if line is not None:
+            print(line, file=self.stream, flush=True)
+
+
+class RichProgressRenderer:
+    """A live progress bar with the current loss terms and img/s; other events print above it."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.task = None
+        self.started = False
+
+    def _ensure_started(self) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, DecodeProgressed):
+            self._ensure_started()
+            if self.task is None:
+                self.task = self.progress.add_task("decode", total=event.total, info="")
+            self.progress.update(self.task, completed=event.done)
+            return
+        if isinstance(event, DataPrepared):
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+                self.task = None
+            self.console.print(format_event_line(event))
+            return
+        if isinstance(event, RunStarted):
+            self._ensure_started()
+            self.console.print(format_event_line(event))
+            self.task = self.progress.add_task(f"epoch {event.start_epoch}", total=event.steps_per_epoch, info="")
+            return
+        if isinstance(event, StepEnded):
+            if self.task is None:
+                return
+            terms = " ".join(f"{k} {v:.3f}" for k, v in event.losses.items())
+            self.progress.update(self.task, description=f"epoch {event.epoch}", completed=event.step,
+                                 total=event.steps_per_epoch, info=f"{terms} | {event.imgs_per_s:.0f} img/s")
+            return
+        if isinstance(event, (EpochEnded, EvalFinished)):
+            line = format_event_line(event)
+            if isinstance(event, EvalFinished) or isinstance(event, EpochEnded):
+                self.console.print(line)
+            return
+        if isinstance(event, (RunFinished, RunFailed)):
+            if self.started:
+                self.progress.stop()
+                self.started = False
+            if isinstance(event, RunFinished):
+                self.console.print(format_event_line(event))

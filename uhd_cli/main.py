@@ -1,0 +1,26 @@
+"""The `uhd` command. One module per command under uhd_cli/commands; no logic here."""
+
+from __future__ import annotations
+
+import typer
+
+from uhd_cli.commands import dataset
+from uhd_cli.commands.train import train
+
+app = typer.Typer(
+    name="uhd",
+    help="Train and deploy ultra-lightweight human detectors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train", context_settings={"max_content_width": 120})(train)
+app.add_typer(dataset.app, name="dataset")
+
+
+def main() -> None:
+    app(prog_name="uhd")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The one typed description of a training run.
+
+`RunConfig` is built from an optional preset YAML and then the CLI flags the user actually typed.
+It is stored verbatim (``model_dump(mode="json")``) in every checkpoint, so eval, export and resume
+need nothing but the checkpoint path.
+
+Field names are the original tool's flag names with dashes turned into underscores
+(``--cnn-width`` -> ``cnn_width``); the CLI is generated from these fields, so the flag list lives
+in exactly one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from uhd_core.errors import ConfigError
+
+#: The original tool's default augmentation path; accepted as the name of the built-in config.
+ORIGINAL_DEFAULT_AUG_CONFIG = "uhd/aug.yaml"
+
+
+def _flag(help_text: str, *, group: str, cli: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"description": help_text, "json_schema_extra": {"group": group, "cli": cli, **extra}}
+
+
+class RunConfig(BaseModel):
+    """Every setting of a training run (frozen; unknown keys are an error)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    # --- model family --------------------------------------------------------------------------
+    arch: Literal["cnn", "transformer"] = Field("cnn", **_flag("Model family.", group="model"))
+    # --- data ----------------------------------------------------------------------------------
+    image_dir: str = Field(
+        "data/wholebody34/obj_train_data",
+        **_flag("YOLO folder: images with same-stem .txt labels (class cx cy w h, normalized).", group="data"),
+    )
+    train_split: float = Field(0.8, gt=0.0, le=1.0, **_flag("Fraction of images used for training.", group="data"))
+    val_split: float = Field(0.2, ge=0.0, lt=1.0, **_flag("Fraction of images used for validation.", group="data"))
+    img_size: tuple[int, int] = Field(
+        (64, 64), **_flag("Input size HxW (images are resized to it once and cached).", group="data", metavar="HxW")
+    )
+    classes: tuple[int, ...] = Field(
+        (0,), **_flag("Comma-separated source class ids to train on, mapped to 0..K-1 in this order.", group="data")
+    )
+    aug_config: str = Field(
+        ORIGINAL_DEFAULT_AUG_CONFIG,
+        **_flag("Augmentation YAML (data_augment: ops in order). 'uhd/aug.yaml' = the built-in default.", group="data"),
+    )
+    num_workers: int = Field(2, ge=0, **_flag("Data-loader worker processes.", group="data"))
+    resize_interpolation: Literal["area", "linear", "nearest"] = Field(
+        "area", **_flag("OpenCV interpolation used for the one-time resize (recorded for eval/export).", group="data")
+    )
+    cache_dir: str = Field(
+        "", **_flag("Where decoded, resized images are cached ('' = $UHD_CACHE_DIR or ~/.cache/uhd).", group="data")
+    )
+    # --- run -----------------------------------------------------------------------------------
+    exp_name: str = Field("default", **_flag("Run name: outputs go to <runs-dir>/<exp-name>/.", group="run"))
+    runs_dir: str = Field("runs", **_flag("Parent folder of run directories.", group="run"))
+    batch_size: int = Field(64, ge=1, **_flag("Batch size.", group="run"))
+    epochs: int = Field(50, ge=1, **_flag("Number of epochs (a larger value on --resume extends training).", group="run"))
+    resume: str = Field("", **_flag("Checkpoint to resume (model, EMA, optimizer, scheduler, RNG, epoch).", group="run"))
+    ckpt: str = Field("", **_flag("Initialise weights from this checkpoint (weights only).", group="run"))
+    ckpt_non_strict: bool = Field(False, **_flag("Allow missing/unexpected keys with --ckpt.", group="run"))
+    device: str = Field("auto", **_flag("cuda, cuda:N or cpu ('auto' = cuda if available).", group="run"))
+    seed: int = Field(42, **_flag("Random seed (split, shuffling, augmentation, init).", group="run"))
+    log_interval: int = Field(10, ge=1, **_flag("Log every N steps.", group="run"))
+    eval_interval: int = Field(1, ge=1, **_flag("Evaluate every N epochs.", group="run"))
+    exist_ok: bool = Field(False, **_flag("Allow writing into an existing run dir that holds checkpoints.", group="run"))
+    # --- optimisation --------------------------------------------------------------------------
+    lr: float = Field(0.001, gt=0.0, **_flag("AdamW learning rate (cosine-annealed over --epochs).", group="optim"))
+    weight_decay: float = Field(0.0001, ge=0.0, **_flag("AdamW weight decay.", group="optim"))
+    grad_clip_norm: float = Field(5.0, ge=0.0, **_flag("Gradient-norm clip (0 disables).", group="optim"))
+    use_amp: bool = Field(False, **_flag("Mixed precision: fp16+GradScaler on CUDA, bf16 autocast on CPU.", group="optim"))
+    use_ema: bool = Field(False, **_flag("Keep an exponential moving average of the weights (used for eval).", group="optim"))
+    ema_decay: float = Field(0.9998, gt=0.0, lt=1.0, **_flag("EMA decay (ramped up over the first updates).", group="optim"))
+    # --- evaluation / decoding -----------------------------------------------------------------
+    conf_thresh: float = Field(0.3, ge=0.0, le=1.0, **_flag("Score threshold for decoded detections.", group="eval"))
+    topk: int = Field(50, ge=1, **_flag("Keep at most this many detections per image.", group="eval"))
+    # --- CNN -----------------------------------------------------------------------------------
+    activation: Literal["relu", "swish"] = Field("swish", **_flag("Activation function.", group="cnn"))
+    cnn_width: int = Field(32, ge=4, **_flag("CNN channel width.", group="cnn"))
+    use_skip: bool = Field(False, **_flag("Sum pooled shallow features into the last stage.", group="cnn"))
+    output_stride: Literal[4, 8, 16] = Field(16, **_flag("CNN output stride.", group="cnn"))
+    last_se: Literal["none", "se", "ese"] = Field("none", **_flag("Squeeze-excitation on the last stage.", group="cnn"))
+    last_width_scale: float = Field(1.0, ge=1.0, **_flag("Width multiplier of the last stage.", group="cnn"))
+    heatmap_style: Literal["gaussian", "single_peak"] = Field(
+        "gaussian", **_flag("CenterNet heatmap targets: Gaussian splats or the original's single peak.", group="cnn")
+    )
+    # --- anchor head ---------------------------------------------------------------------------
+    use_anchor: bool = Field(False, **_flag("Use the YOLO-style anchor head instead of CenterNet.", group="anchor"))
+    anchors: tuple[tuple[float, float], ...] = Field(
+        (), **_flag("Anchors as normalized 'w,h w,h ...'.", group="anchor", metavar="'W,H W,H ...'")
+    )
+    auto_anchors: bool = Field(False, **_flag("Compute anchors with k-means on the training boxes.", group="anchor"))
+    num_anchors: int = Field(3, ge=1, **_flag("Number of anchors to compute.", group="anchor"))
+    iou_loss: Literal["iou", "giou", "ciou"] = Field("giou", **_flag("Box loss of the anchor head.", group="anchor"))
+    # --- transformer ---------------------------------------------------------------------------
+    num_queries: int = Field(10, ge=1, **_flag("Transformer: number of object queries.", group="transformer"))
+    d_model: int = Field(64, ge=8, **_flag("Transformer: model width.", group="transformer"))
+    heads: int = Field(4, ge=1, **_flag("Transformer: attention heads.", group="transformer"))
+    layers: int = Field(3, ge=1, **_flag("Transformer: encoder and decoder layers.", group="transformer"))
+    dim_feedforward: int = Field(128, ge=8, **_flag("Transformer: feed-forward width.", group="transformer"))
+    use_fpn: bool = Field(False, **_flag("Transformer: multi-scale tokens.", group="transformer"))
+    # --- distillation --------------------------------------------------------------------------
+    teacher_ckpt: str = Field("", **_flag("Teacher checkpoint for distillation.", group="distill"))
+    teacher_arch: str = Field("", **_flag("Teacher model family.", group="distill"))
+    teacher_num_queries: int | None = Field(None, **_flag("Teacher transformer queries.", group="distill"))
+    teacher_d_model: int | None = Field(None, **_flag("Teacher transformer width.", group="distill"))
+    teacher_heads: int | None = Field(None, **_flag("Teacher transformer heads.", group="distill"))
+    teacher_layers: int | None = Field(None, **_flag("Teacher transformer layers.", group="distill"))
+    teacher_dim_feedforward: int | None = Field(None, **_flag("Teacher feed-forward width.", group="distill"))
+    teacher_use_skip: bool = Field(False, **_flag("Teacher CNN uses skip.", group="distill"))
+    teacher_activation: str = Field("", **_flag("Teacher activation.", group="distill"))
+    teacher_use_fpn: bool = Field(False, **_flag("Teacher transformer uses FPN.", group="distill"))
+    teacher_backbone: str = Field("", **_flag("Backbone teacher weights file (DINOv3 / ViT-Tiny).", group="distill"))
+    teacher_backbone_arch: str = Field("", **_flag("Backbone teacher architecture.", group="distill"))
+    distill_kl: float = Field(0.0, ge=0.0, **_flag("Weight of the KL distillation term.", group="distill"))
+    distill_box_l1: float = Field(0.0, ge=0.0, **_flag("Weight of the box-L1 distillation term.", group="distill"))
+    distill_temperature: float = Field(1.0, gt=0.0, **_flag("Distillation temperature.", group="distill"))
+    distill_cosine: bool = Field(False, **_flag("Cosine ramp of the distillation weights.", group="distill"))
+    distill_feat: float = Field(0.0, ge=0.0, **_flag("Weight of the feature distillation term.", group="distill"))
+    # --- provenance (not a flag) ---------------------------------------------------------------
+    preset: str = Field("", **_flag("Preset this config was built from (informational).", group="run", cli=False))
+
+    # ---- parsing of the original tool's string forms -------------------------------------------
+    @field_validator("img_size", mode="before")
+    @classmethod
+    def _parse_img_size(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.lower().replace(" ", "").split("x")
+            if len(parts) == 1:
+                parts = parts * 2
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise ValueError(f"img_size must look like 64x64 (HxW), got {value!r}")
+            return (int(parts[0]), int(parts[1]))
+        if isinstance(value, int):
+            return (value, value)
+        return value
+
+    @field_validator("img_size")
+    @classmethod
+    def _check_img_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 16 or max(value) > 4096:
+            raise ValueError(f"img_size sides must be within 16..4096, got {value[0]}x{value[1]}")
+        return value
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _parse_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            items = [v for v in value.replace(" ", "").split(",") if v]
+            if not items or not all(v.isdigit() for v in items):
+                raise ValueError(f"classes must be comma-separated integers like 0,1 — got {value!r}")
+            return tuple(int(v) for v in items)
+        if isinstance(value, int):
+            return (value,)
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("classes must name at least one class id")
+        if len(set(value)) != len(value):
+            raise ValueError(f"classes has duplicates: {value}")
+        return value
+
+    @field_validator("anchors", mode="before")
+    @classmethod
+    def _parse_anchors(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            pairs = []
+            for item in value.split():
+                wh = item.split(",")
+                try:
+                    pairs.append((float(wh[0]), float(wh[1])))
+                except (ValueError, IndexError):
+                    raise ValueError(f"anchors must look like '0.08,0.10 0.15,0.20', bad item {item!r}") from None
+                if len(wh) != 2:
+                    raise ValueError(f"anchors must look like '0.08,0.10 0.15,0.20', bad item {item!r}")
+            return tuple(pairs)
+        return value
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> RunConfig:
+        if self.train_split + self.val_split > 1.0 + 1e-9:
+            raise ValueError(f"train_split + val_split must be <= 1 (got {self.train_split} + {self.val_split})")
+        return self
+
+    # ---- derived values -----------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def head_name(self) -> str:
+        """Registry key of the DetectorHead this config trains."""
+        return "anchor" if self.use_anchor else ("detr" if self.arch == "transformer" else "centernet")
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
+# silent no-op. Entries leave this table as their feature lands.
+PENDING_FEATURES: dict[str, str] = {
+    "use_anchor": "the anchor head",
+    "anchors": "the anchor head",
+    "auto_anchors": "auto-anchors",
+    "num_anchors": "auto-anchors",
+    "iou_loss": "the anchor head",
+    "num_queries": "the transformer detector",
+    "d_model": "the transformer detector",
+    "heads": "the transformer detector",
+    "layers": "the transformer detector",
+    "dim_feedforward": "the transformer detector",
+    "use_fpn": "the transformer detector",
+    **{
+        name: "distillation"
+        for name in (
+            "teacher_ckpt teacher_arch teacher_num_queries teacher_d_model teacher_heads teacher_layers "
+            "teacher_dim_feedforward teacher_use_skip teacher_activation teacher_use_fpn teacher_backbone "
+            "teacher_backbone_arch distill_kl distill_box_l1 distill_temperature distill_cosine distill_feat"
+        ).split()
+    },
+}
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def check_implemented(cfg: RunConfig) -> None:
+    """Raise ConfigError if the config asks for a feature that is not built yet."""
+    for name, feature in PENDING_FEATURES.items():
+        default = RunConfig.model_fields[name].default
+        if getattr(cfg, name) != default:
+            raise ConfigError(f"{flag_name(name)} needs {feature}, which is not implemented yet")
+
+
+# ------------------------------------------------------------------------------------------------
+# Presets
+
+def _preset_dirs() -> list[Path]:
+    """Preset search path: the checkout's presets/ first, then the copy installed in the package."""
+    dirs = [Path(__file__).resolve().parent.parent / "presets"]
+    try:
+        dirs.append(Path(str(resources.files("uhd_core") / "presets")))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - zipped installs
+        pass
+    return [d for d in dirs if d.is_dir()]
+
+
+def available_presets() -> list[str]:
+    names: set[str] = set()
+    for d in _preset_dirs():
+        names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset name (presets/NAME.yaml) or a path to a YAML file."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    for d in _preset_dirs():
+        path = d / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(available_presets()) or 'none'}")
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def check_keys(data: dict[str, Any], source: str) -> None:
+    valid = set(RunConfig.model_fields)
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), valid, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(valid))}"
+        )
+
+
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None,
+                 base: dict[str, Any] | None = None) -> RunConfig:
+    """Merge base (e.g. a checkpoint's config) < preset YAML < typed overrides into a RunConfig."""
+    values: dict[str, Any] = dict(base or {})
+    if preset:
+        path = resolve_preset(preset)
+        data = read_yaml_mapping(path)
+        check_keys(data, str(path))
+        values.update(data)
+        values["preset"] = preset
+    if overrides:
+        check_keys(overrides, "overrides")
+        values.update(overrides)
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        where = flag_name(loc) if loc else "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

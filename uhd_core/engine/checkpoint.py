@@ -1,0 +1,77 @@
+"""Checkpoints: tensors and plain data only, written atomically, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uhd_core.errors import CheckpointError
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write via a temp file in the same directory + fsync + rename: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    from uhd_core import __version__
+
+    full = {"format": CHECKPOINT_FORMAT, "uhd_version": __version__, **payload}
+    atomic_write_bytes(path, lambda fh: torch.save(full, fh))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} cannot be loaded safely (weights_only=True): {first[:200]}"
+        ) from None
+    if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path} is not a UHD checkpoint (no format/config)")
+    if not isinstance(ckpt["format"], int) or ckpt["format"] > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {ckpt['format']!r}; this UHD reads formats <= {CHECKPOINT_FORMAT} "
+            "(upgrade uhd)"
+        )
+    return ckpt
+
+
+def prune_checkpoints(run_dir: Path, pattern: str, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` files matching pattern (by name order: names carry the epoch)."""
+    files = sorted(run_dir.glob(pattern))
+    removed = files[:-keep] if keep > 0 else files
+    for f in removed:
+        f.unlink(missing_ok=True)
+    return removed

@@ -1,0 +1,237 @@
+"""Events the training loop emits; UIs and log writers subscribe (DESIGN.md rule 5).
+
+Every event is a small frozen dataclass of JSON-safe values, so it can be written to
+events.jsonl and replayed by the dashboard exactly as it was seen live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": type(self).__name__, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class DataPrepared(Event):
+    """The dataset was scanned and decoded; skipped files/lines are reported once, here."""
+
+    image_dir: str
+    num_images: int
+    num_train: int
+    num_val: int
+    num_without_targets: int
+    num_label_issues: int
+    num_decode_failures: int
+    from_cache: bool
+    examples: list[str] = field(default_factory=list)  # first few problems, "file:line: reason"
+
+
+@dataclass(frozen=True)
+class DecodeProgressed(Event):
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    exp_name: str
+    preset: str
+    arch: str
+    head: str
+    params: int
+    img_size: list[int]
+    device: str
+    num_train: int
+    num_val: int
+    epochs: int
+    start_epoch: int
+    steps_per_epoch: int
+    batch_size: int
+    loss_terms: list[str]
+    resumed_from: str = ""
+
+
+@dataclass(frozen=True)
+class StepEnded(Event):
+    epoch: int
+    step: int  # 1-based within the epoch
+    steps_per_epoch: int
+    global_step: int
+    losses: dict[str, float]
+    lr: float
+    imgs_per_s: float
+
+
+@dataclass(frozen=True)
+class EpochEnded(Event):
+    epoch: int
+    losses: dict[str, float]  # means over the epoch
+    seconds: float
+    imgs_per_s: float
+
+
+@dataclass(frozen=True)
+class EvalFinished(Event):
+    epoch: int
+    map50: float
+    per_class: dict[str, float]
+    best_map50: float
+    is_best: bool
+    seconds: float
+    render_dir: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    epoch: int
+    path: str
+    kind: str  # "last" | "best"
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    run_dir: str
+    best_map50: float
+    best_checkpoint: str
+    last_checkpoint: str
+    epochs_done: int
+    seconds: float
+    stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    error: str
+    traceback: str = ""
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self, subscribers: list[Subscriber] | None = None) -> None:
+        self.subscribers: list[Subscriber] = list(subscribers or [])
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def emit(self, event: Event) -> None:
+        for subscriber in self.subscribers:
+            subscriber(event)
+
+
+class JsonlEventWriter:
+    """events.jsonl: one JSON object per event, flushed per line so a crash keeps what happened."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, DecodeProgressed):
+            return  # UI-only progress; not worth a line per image
+        self._fh.write(json.dumps({"time": round(self.clock(), 3), **event.to_dict()}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line after a crash
+    return events
+
+
+def format_event_line(event: Event) -> str | None:
+    """One plain log line per event worth logging (train.log and non-terminal stdout)."""
+    if isinstance(event, DataPrepared):
+        line = (f"data: {event.num_images} images with targets in {event.image_dir} -> train {event.num_train}, "
+                f"val {event.num_val}; skipped {event.num_without_targets} without targets, "
+                f"{event.num_decode_failures} undecodable, {event.num_label_issues} bad label lines"
+                f"{' (decoded images from cache)' if event.from_cache else ''}")
+        if event.examples:
+            line += "\n" + "\n".join(f"  skipped {e}" for e in event.examples)
+        return line
+    if isinstance(event, RunStarted):
+        return (f"run {event.exp_name}: {event.arch}/{event.head}, {event.params:,} params, "
+                f"{event.img_size[0]}x{event.img_size[1]}, device {event.device}, epochs "
+                f"{event.start_epoch}..{event.epochs}, {event.steps_per_epoch} steps/epoch, run dir {event.run_dir}"
+                + (f", resumed from {event.resumed_from}" if event.resumed_from else ""))
+    if isinstance(event, StepEnded):
+        terms = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
+        return (f"epoch {event.epoch} step {event.step}/{event.steps_per_epoch} {terms} "
+                f"lr={event.lr:.2e} {event.imgs_per_s:.0f} img/s")
+    if isinstance(event, EpochEnded):
+        terms = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
+        return f"epoch {event.epoch} done in {event.seconds:.1f}s ({event.imgs_per_s:.0f} img/s) {terms}"
+    if isinstance(event, EvalFinished):
+        return (f"eval epoch {event.epoch}: mAP@0.5 {event.map50:.5f} (best {event.best_map50:.5f})"
+                + (" new best" if event.is_best else ""))
+    if isinstance(event, CheckpointSaved):
+        return f"saved {event.kind} checkpoint {event.path}"
+    if isinstance(event, RunFinished):
+        return (f"finished {event.epochs_done} epochs in {event.seconds:.1f}s: best mAP@0.5 {event.best_map50:.5f} "
+                f"({event.best_checkpoint or 'no best checkpoint'}); run dir {event.run_dir}")
+    if isinstance(event, RunFailed):
+        return f"failed: {event.error}"
+    return None
+
+
+class LogFileWriter:
+    """train.log: the plain lines of format_event_line, timestamped."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        line = format_event_line(event)
+        if line is None:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.clock()))
+        self._fh.write(f"{stamp} {line}\n")
+        if isinstance(event, RunFailed) and event.traceback:
+            self._fh.write(event.traceback + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class TensorBoardWriter:
+    """Scalars for TensorBoard: loss terms per logged step, mAP per eval, lr."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
+
+        self._writer = SummaryWriter(str(log_dir))
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StepEnded):
+            for name, value in event.losses.items():
+                self._writer.add_scalar(f"train/{name}", value, event.global_step)
+            self._writer.add_scalar("train/lr", event.lr, event.global_step)
+        elif isinstance(event, EvalFinished):
+            self._writer.add_scalar("val/map50", event.map50, event.epoch)
+        elif isinstance(event, (RunFinished, RunFailed)):
+            self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,423 @@
+"""The training loop: short, explicit, and silent except for the events it emits."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from uhd_core.augment import build_augment_pipeline
+from uhd_core.config import RunConfig, build_config, check_implemented, config_to_yaml
+from uhd_core.data.dataset import (
+    CachedDetectionDataset,
+    EpochShuffleSampler,
+    collate_detection,
+    decode_all,
+    default_cache_dir,
+    images_to_input,
+    scan_yolo_folder,
+    split_files,
+)
+from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint, prune_checkpoints, save_checkpoint
+from uhd_core.engine.ema import ModelEMA
+from uhd_core.engine.evaluate import evaluate_detector
+from uhd_core.engine.events import (
+    CheckpointSaved,
+    DataPrepared,
+    DecodeProgressed,
+    EpochEnded,
+    EvalFinished,
+    EventBus,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepEnded,
+)
+from uhd_core.engine.render import write_renders
+from uhd_core.errors import CheckpointError, ConfigError, DataError, RunDirError, UhdError
+from uhd_core.models.detector import Detector, build_detector, count_parameters
+
+KEEP_CHECKPOINTS = 10
+NUM_RENDERS = 10
+MAX_REPORTED_ISSUES = 20
+#: The cosine schedule ends at this fraction of --lr rather than 0, so the last epochs still learn.
+FINAL_LR_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    best_map50: float
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    epochs_done: int
+    stopped_early: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is available (use --device cpu)")
+    return device
+
+
+def find_resume_checkpoint(path: str) -> Path:
+    """A file, or a run dir meaning its newest loadable last_*.pt."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        candidates = sorted(p.glob("last_*.pt"), reverse=True)
+        for candidate in candidates:
+            try:
+                load_checkpoint(candidate)
+                return candidate
+            except CheckpointError:
+                continue
+        raise CheckpointError(f"--resume {p}: no loadable last_*.pt checkpoint in that folder")
+    if not p.is_file():
+        raise CheckpointError(f"--resume {p}: no such checkpoint")
+    return p
+
+
+def make_run_config(preset: str | None, overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any] | None, Path | None]:
+    """Config for `uhd train`: checkpoint config (when resuming) < preset < typed flags.
+
+    Returns (config, the resume checkpoint or None, its path or None).
+    """
+    resume = overrides.get("resume") or ""
+    if not resume and preset:
+        resume = build_config(preset).resume
+    if not resume:
+        return build_config(preset, overrides), None, None
+    path = find_resume_checkpoint(resume)
+    ckpt = load_checkpoint(path)
+    base = dict(ckpt["config"])
+    cfg = build_config(preset, {**overrides, "resume": str(path)}, base=base)
+    return cfg, ckpt, path
+
+
+def cosine_lr_lambda(total_steps: int):
+    def factor(step: int) -> float:
+        progress = min(step / max(1, total_steps), 1.0)
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, bus: EventBus | None = None, *, resume_checkpoint: dict[str, Any] | None = None,
+                 resume_path: Path | None = None) -> None:
+        check_implemented(cfg)
+        self.cfg = cfg
+        self.bus = bus or EventBus()
+        self.resume_checkpoint = resume_checkpoint
+        self.resume_path = resume_path
+        self._stop_requested = False
+        self._save_requested = False
+        self.run_dir = self._prepare_run_dir()
+
+    # -- control from other threads (dashboard keys, signal handlers) ---------------------------
+    def request_stop(self) -> None:
+        """Finish the current step, save a last checkpoint, and return."""
+        self._stop_requested = True
+
+    def request_save(self) -> None:
+        self._save_requested = True
+
+    # -- run dir --------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> Path:
+        cfg = self.cfg
+        if self.resume_path is not None:
+            return self.resume_path.resolve().parent
+        run_dir = Path(cfg.runs_dir) / cfg.exp_name
+        if run_dir.is_dir() and any(run_dir.glob("*.pt")) and not cfg.exist_ok:
+            raise RunDirError(
+                f"{run_dir} already holds checkpoints; use --resume {run_dir}, a new --exp-name, or --exist-ok"
+            )
+        return run_dir
+
+    # -- data -----------------------------------------------------------------------------------
+    def _prepare_data(self) -> tuple[CachedDetectionDataset, CachedDetectionDataset]:
+        cfg = self.cfg
+        index = scan_yolo_folder(Path(cfg.image_dir), cfg.classes)
+        if len(index) == 0:
+            raise DataError(f"--image-dir {cfg.image_dir}: no image has a box of --classes {','.join(map(str, cfg.classes))}")
+        split_path = self.run_dir / "split.json"
+        if self.resume_path is not None and split_path.is_file():
+            saved = json.loads(split_path.read_text(encoding="utf-8"))
+            known = set(index.files)
+            train_files = [f for f in saved["train"] if f in known]
+            val_files = [f for f in saved["val"] if f in known]
+        else:
+            train_files, val_files = split_files(index.files, cfg.train_split, cfg.val_split, cfg.seed)
+        if not train_files:
+            raise DataError(f"--image-dir {cfg.image_dir}: the split leaves no training images")
+        position = {name: i for i, name in enumerate(index.files)}
+        used = sorted(set(train_files) | set(val_files))
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        step = max(1, len(used) // 50)
+        decoded = decode_all(
+            index.root, used, cfg.img_size, cfg.resize_interpolation, cache_dir,
+            progress=lambda done, total: self.bus.emit(DecodeProgressed(done, total))
+            if done % step == 0 or done == total else None,
+        )
+        row = {name: i for i, name in enumerate(used)}
+        failures = [f"{index.root / used[i]}: {decoded.errors[i]}" for i in range(len(used)) if not decoded.ok[i]]
+        train_files = [f for f in train_files if decoded.ok[row[f]]]
+        val_files = [f for f in val_files if decoded.ok[row[f]]]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(split_path, json.dumps({"seed": cfg.seed, "train": train_files, "val": val_files}, indent=0))
+        examples = failures + [str(issue) for issue in index.issues]
+        self.bus.emit(DataPrepared(
+            image_dir=str(index.root), num_images=len(index), num_train=len(train_files), num_val=len(val_files),
+            num_without_targets=index.num_without_targets, num_label_issues=len(index.issues),
+            num_decode_failures=len(failures), from_cache=decoded.from_cache,
+            examples=examples[:MAX_REPORTED_ISSUES],
+        ))
+        if not train_files:
+            raise DataError(f"--image-dir {cfg.image_dir}: no training image could be decoded")
+
+        def subset(files: list[str], augment) -> CachedDetectionDataset:
+            rows = [row[f] for f in files]
+            return CachedDetectionDataset(
+                decoded.images[rows], [index.boxes[position[f]] for f in files],
+                [index.labels[position[f]] for f in files], augment=augment, seed=cfg.seed,
+            )
+
+        try:
+            augment = build_augment_pipeline(cfg.aug_config)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--aug-config: {exc}") from None
+        except (ValueError, NotImplementedError) as exc:
+            raise ConfigError(f"--aug-config {cfg.aug_config}: {exc}") from None
+        return subset(train_files, augment), subset(val_files, None)
+
+    def _loaders(self, train_set, val_set, device: torch.device) -> tuple[DataLoader, EpochShuffleSampler, DataLoader]:
+        cfg = self.cfg
+        sampler = EpochShuffleSampler(len(train_set), cfg.seed, shuffle=True)
+        workers = cfg.num_workers
+        pin = device.type == "cuda"
+        train_loader = DataLoader(
+            train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_detection,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
+            drop_last=len(train_set) > cfg.batch_size,  # a trailing batch of 1 would break BatchNorm
+        )
+        val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
+                                collate_fn=collate_detection, num_workers=0, pin_memory=pin)
+        return train_loader, sampler, val_loader
+
+    # -- model state ----------------------------------------------------------------------------
+    def _init_weights_from(self, model: Detector, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
+        if self.cfg.ckpt_non_strict:
+            own = model.state_dict()
+            state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(state, strict=False)
+            return
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"--ckpt {path} does not match this model ({str(exc).splitlines()[0]}); "
+                "use --ckpt-non-strict to load the matching tensors only"
+            ) from None
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        try:
+            return self._run()
+        except UhdError as exc:
+            self.bus.emit(RunFailed(str(exc)))
+            raise
+        except Exception as exc:
+            self.bus.emit(RunFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            raise
+
+    def _run(self) -> RunResult:
+        cfg = self.cfg
+        device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        train_set, val_set = self._prepare_data()
+        train_loader, sampler, val_loader = self._loaders(train_set, val_set, device)
+        steps_per_epoch = len(train_loader)
+
+        model = build_detector(cfg).to(device)
+        if cfg.ckpt:
+            self._init_weights_from(model, cfg.ckpt)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(cfg.epochs * steps_per_epoch))
+        use_fp16 = cfg.use_amp and device.type == "cuda"
+        amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if cfg.use_amp else None
+        scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+        ema = ModelEMA(model, cfg.ema_decay) if cfg.use_ema else None
+
+        start_epoch, global_step, best_map = 1, 0, -1.0
+        best_path: Path | None = None
+        if self.resume_checkpoint is not None:
+            ck = self.resume_checkpoint
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            # LambdaLR's state keeps the old lambda's last factor; recompute it for the (maybe longer) schedule.
+            scheduler.lr_lambdas = [cosine_lr_lambda(cfg.epochs * steps_per_epoch)]
+            if ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            if ema is not None and ck.get("ema"):
+                ema.load_state_dict(ck["ema"])
+            torch.set_rng_state(ck["rng"]["torch"])
+            if device.type == "cuda" and ck["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+            start_epoch = int(ck["epoch"]) + 1
+            global_step = int(ck["global_step"])
+            best_map = float(ck.get("best_map50", -1.0))
+            best_path = Path(ck["best_checkpoint"]) if ck.get("best_checkpoint") else None
+            if start_epoch > cfg.epochs:
+                raise ConfigError(
+                    f"{self.resume_path} already finished epoch {ck['epoch']} of {cfg.epochs}; "
+                    "pass a larger --epochs to extend training"
+                )
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(cfg))
+        self.bus.emit(RunStarted(
+            run_dir=str(self.run_dir), exp_name=cfg.exp_name, preset=cfg.preset, arch=cfg.arch, head=cfg.head_name,
+            params=count_parameters(model), img_size=list(cfg.img_size), device=str(device),
+            num_train=len(train_set), num_val=len(val_set), epochs=cfg.epochs, start_epoch=start_epoch,
+            steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size, loss_terms=["loss", *model.head.loss_terms],
+            resumed_from=str(self.resume_path or ""),
+        ))
+
+        t_run = time.perf_counter()
+        last_path: Path | None = None
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train()
+            sampler.set_epoch(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            window: dict[str, torch.Tensor] = {}
+            window_steps, window_imgs, epoch_imgs = 0, 0, 0
+            t_epoch = t_window = time.perf_counter()
+            step = 0
+            for step, batch in enumerate(train_loader, start=1):
+                x = images_to_input(batch.images, device)
+                boxes = batch.boxes.to(device, non_blocking=True)
+                labels = batch.labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    outputs = model(x)
+                targets = model.head.build_targets(boxes, labels, tuple(outputs["hm" if "hm" in outputs else next(iter(outputs))].shape[-2:]))
+                losses = model.head.loss(outputs, targets)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr or set --grad-clip-norm"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+                global_step += 1
+                n = x.shape[0]
+                window_imgs += n
+                epoch_imgs += n
+                window_steps += 1
+                for name, value in losses.items():
+                    v = value.detach()
+                    sums[name] = sums.get(name, 0) + v
+                    window[name] = window.get(name, 0) + v
+                if step % cfg.log_interval == 0 or step == steps_per_epoch or self._stop_requested:
+                    now = time.perf_counter()
+                    self.bus.emit(StepEnded(
+                        epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, global_step=global_step,
+                        losses={k: float(v) / window_steps for k, v in window.items()},
+                        lr=optimizer.param_groups[0]["lr"], imgs_per_s=window_imgs / max(now - t_window, 1e-9),
+                    ))
+                    window, window_steps, window_imgs, t_window = {}, 0, 0, now
+                if self._stop_requested:
+                    break
+            seconds = time.perf_counter() - t_epoch
+            self.bus.emit(EpochEnded(epoch, {k: float(v) / max(step, 1) for k, v in sums.items()}, seconds,
+                                     epoch_imgs / max(seconds, 1e-9)))
+            if self._stop_requested and step < steps_per_epoch:
+                # An interrupted epoch is not a finished one: resume redoes it.
+                last_path = self._save(model, optimizer, scheduler, scaler, ema, epoch - 1, global_step, best_map,
+                                       best_path, "last")
+                break
+
+            eval_model = ema.module if ema is not None else model
+            if len(val_set) and (epoch % cfg.eval_interval == 0 or epoch == cfg.epochs):
+                t_eval = time.perf_counter()
+                out = evaluate_detector(eval_model, val_loader, device, cfg.num_classes, cfg.topk, amp_dtype)
+                map50 = out.result.map
+                is_best = map50 > best_map
+                render_dir = ""
+                if is_best:
+                    best_map = map50
+                    best_path = self._save(model, optimizer, scheduler, scaler, ema, epoch, global_step, best_map,
+                                           None, "best", map50=map50)
+                    render_dir = str(write_renders(self.run_dir / f"{epoch:04d}", val_set.images, out.detections,
+                                                   out.ground_truths, cfg.conf_thresh, NUM_RENDERS))
+                self.bus.emit(EvalFinished(epoch, map50, {str(k): v for k, v in out.result.per_class.items()},
+                                           best_map, is_best, time.perf_counter() - t_eval, render_dir))
+            last_path = self._save(model, optimizer, scheduler, scaler, ema, epoch, global_step, best_map, best_path,
+                                   "last")
+            self._save_requested = False
+            if self._stop_requested:
+                break
+
+        result = RunResult(self.run_dir, max(best_map, 0.0), best_path, last_path, epoch, self._stop_requested)
+        self.bus.emit(RunFinished(str(self.run_dir), result.best_map50, str(best_path or ""), str(last_path or ""),
+                                  epoch, time.perf_counter() - t_run, self._stop_requested))
+        return result
+
+    def _save(self, model, optimizer, scheduler, scaler, ema, epoch: int, global_step: int, best_map: float,
+              best_path: Path | None, kind: str, map50: float | None = None) -> Path:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if kind == "best":
+            path = self.run_dir / f"best_{self.cfg.arch}_{epoch:04d}_map_{map50:.5f}.pt"
+            pattern = f"best_{self.cfg.arch}_*.pt"
+        else:
+            path = self.run_dir / f"last_{epoch:04d}.pt"
+            pattern = "last_*.pt"
+        save_checkpoint(path, {
+            "config": self.cfg.model_dump(mode="json"),
+            "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "epoch": epoch,
+            "global_step": global_step,
+            "best_map50": best_map,
+            "best_checkpoint": str(best_path or path if kind == "best" else best_path or ""),
+            "rng": rng,
+        })
+        # Pruning only after the new file is safely in place: a crash never leaves fewer checkpoints.
+        prune_checkpoints(self.run_dir, pattern, KEEP_CHECKPOINTS)
+        self.bus.emit(CheckpointSaved(epoch, str(path), kind))
+        return path
+
+
+def seed_everything_for_numpy(seed: int) -> np.random.Generator:
+    """The loop itself never uses global numpy randomness; callers that need a generator get one."""
+    return np.random.default_rng(seed)

@@ -1,0 +1,23 @@
+"""Exceptions the CLI turns into one-line errors (exit code 2) instead of tracebacks."""
+
+
+class UhdError(Exception):
+    """Base class: a problem the user can fix; the message is shown as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(UhdError):
+    """Bad flags, preset or YAML."""
+
+
+class DataError(UhdError):
+    """Missing or unusable dataset."""
+
+
+class CheckpointError(UhdError):
+    """A checkpoint that cannot be loaded safely or is of an unknown format."""
+
+
+class RunDirError(UhdError):
+    """A run directory that would be overwritten."""

@@ -1,0 +1,49 @@
+"""The per-family head interface the trainer, evaluator and exporter talk to (DESIGN.md rule 4)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from uhd_core.registry import Registry
+
+#: name -> class with ``from_config(cfg, in_channels, stride)``
+HEADS: Registry = Registry("detector head")
+
+
+class DetectorHead(nn.Module, ABC):
+    """Owns one family's output layers, targets, loss and decoding.
+
+    Raw outputs are a dict of tensors named per family (e.g. ``hm``/``off``/``wh``). Decoded
+    detections are always (B, K, 6): score, class_id, cx, cy, w, h — boxes normalized 0..1, rows
+    sorted by score, padded with score 0 where fewer than K exist.
+    """
+
+    #: loss-term names this head reports besides the total ``loss`` (the dashboard shows these)
+    loss_terms: tuple[str, ...] = ()
+
+    @abstractmethod
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def build_targets(self, boxes: torch.Tensor, labels: torch.Tensor, feature_hw: tuple[int, int]) -> dict[str, Any]:
+        """boxes (B, M, 4) cxcywh normalized, labels (B, M) with -1 padding -> family targets."""
+
+    @abstractmethod
+    def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named scalar terms plus ``loss`` (the total that is back-propagated)."""
+
+    @abstractmethod
+    def decode(self, outputs: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
+        """Raw outputs -> (B, K, 6) detections (see class docstring)."""
+
+    def export_postprocess(self, outputs: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
+        """Traceable post-process merged into an ONNX graph; by default the same as decode."""
+        return self.decode(outputs, topk)
+
+    def export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw outputs as exported without the merged post-process."""
+        return outputs
