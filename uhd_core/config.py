@@ -90,7 +90,7 @@ class RunConfig(BaseModel):
     output_stride: Literal[4, 8, 16] = Field(16, **_flag("CNN output stride.", group="cnn"))
     last_se: Literal["none", "se", "ese"] = Field("none", **_flag("Squeeze-excitation on the last stage.", group="cnn"))
     last_width_scale: float = Field(1.0, ge=1.0, **_flag("Width multiplier of the last stage.", group="cnn"))
-    heatmap_style: Literal["gaussian", "single_peak"] = Field(
+    heatmap_style: Literal["gaussian", "elliptical", "single_peak"] = Field(
         "gaussian", **_flag("CenterNet heatmap targets: Gaussian splats or the original's single peak.", group="cnn")
     )
     # --- anchor head ---------------------------------------------------------------------------

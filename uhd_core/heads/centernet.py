@@ -107,6 +107,12 @@ class CenterNetHead(DetectorHead):
             sigma = (2 * radius + 1) / 6
             splat = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
             splat = splat * ((dx.abs() <= radius) & (dy.abs() <= radius))
+        elif self.heatmap_style == "elliptical":
+            # TTFNet: a Gaussian shaped like the box (sigma = alpha * size / 6, alpha = 0.54), so
+            # boxes under ~2 cells still get a soft neighbourhood instead of a lone peak.
+            sigma_x = (0.54 * bw / 6).clamp(min=0.3)[..., None, None]
+            sigma_y = (0.54 * bh / 6).clamp(min=0.3)[..., None, None]
+            splat = torch.exp(-(dx**2 / (2 * sigma_x**2) + dy**2 / (2 * sigma_y**2)))
         else:  # the original tool's single-peak targets: 1 at the centre cell, 0 elsewhere
             splat = ((dx == 0) & (dy == 0)).to(boxes.dtype)
         splat = splat * valid[..., None, None]
