@@ -38,6 +38,8 @@ class PlainLinePrinter:
             if event.done == event.total:
                 print(f"decoded {event.total} images", file=self.stream, flush=True)
             return
+        if isinstance(event, RunFailed):
+            return  # the CLI prints the one-line error (or traceback) itself
         line = format_event_line(event)
         if line is not None:
             print(line, file=self.stream, flush=True)
@@ -86,9 +88,7 @@ class RichProgressRenderer:
                                  total=event.steps_per_epoch, info=f"{terms} | {event.imgs_per_s:.0f} img/s")
             return
         if isinstance(event, (EpochEnded, EvalFinished)):
-            line = format_event_line(event)
-            if isinstance(event, EvalFinished) or isinstance(event, EpochEnded):
-                self.console.print(line)
+            self.console.print(format_event_line(event))
             return
         if isinstance(event, (RunFinished, RunFailed)):
             if self.started:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -44,6 +43,7 @@ from uhd_core.engine.events import (
 from uhd_core.engine.render import write_renders
 from uhd_core.errors import CheckpointError, ConfigError, DataError, RunDirError, UhdError
 from uhd_core.models.detector import Detector, build_detector, count_parameters
+from uhd_core.models.registry import BACKBONES
 
 KEEP_CHECKPOINTS = 10
 NUM_RENDERS = 10
@@ -120,6 +120,11 @@ class Trainer:
     def __init__(self, cfg: RunConfig, bus: EventBus | None = None, *, resume_checkpoint: dict[str, Any] | None = None,
                  resume_path: Path | None = None) -> None:
         check_implemented(cfg)
+        if cfg.arch not in BACKBONES:
+            raise ConfigError(f"--arch {cfg.arch} is not implemented yet (available: {', '.join(BACKBONES.names())})")
+        if not Path(cfg.image_dir).is_dir():  # before any run dir is made for a run that cannot start
+            raise DataError(f"--image-dir {cfg.image_dir} does not exist or is not a folder "
+                            f"(try `uhd dataset synth {cfg.image_dir}`)")
         self.cfg = cfg
         self.bus = bus or EventBus()
         self.resume_checkpoint = resume_checkpoint
@@ -417,7 +422,3 @@ class Trainer:
         self.bus.emit(CheckpointSaved(epoch, str(path), kind))
         return path
 
-
-def seed_everything_for_numpy(seed: int) -> np.random.Generator:
-    """The loop itself never uses global numpy randomness; callers that need a generator get one."""
-    return np.random.default_rng(seed)
