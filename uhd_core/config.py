@@ -90,6 +90,10 @@ class RunConfig(BaseModel):
     output_stride: Literal[4, 8, 16] = Field(16, **_flag("CNN output stride.", group="cnn"))
     last_se: Literal["none", "se", "ese"] = Field("none", **_flag("Squeeze-excitation on the last stage.", group="cnn"))
     last_width_scale: float = Field(1.0, ge=1.0, **_flag("Width multiplier of the last stage.", group="cnn"))
+    head_conv: int = Field(
+        0, ge=0, **_flag("Channels of a shared 3x3 conv before the 1x1 output convs (0 = the original's plain 1x1 heads).",
+                         group="cnn")
+    )
     heatmap_style: Literal["gaussian", "elliptical", "single_peak"] = Field(
         "gaussian", **_flag("CenterNet heatmap targets: Gaussian splats or the original's single peak.", group="cnn")
     )

@@ -16,6 +16,7 @@ from torch import nn
 
 from uhd_core.config import RunConfig
 from uhd_core.heads.base import HEADS, DetectorHead
+from uhd_core.models.blocks import ConvBNAct
 
 #: CenterNet's weight of the size term (sizes are in feature cells, so they dwarf the offsets).
 WH_LOSS_WEIGHT = 0.1
@@ -68,10 +69,15 @@ class CenterNetHead(DetectorHead):
 
     loss_terms = ("hm", "off", "wh")
 
-    def __init__(self, in_channels: int, num_classes: int, heatmap_style: str = "gaussian") -> None:
+    def __init__(self, in_channels: int, num_classes: int, heatmap_style: str = "gaussian", head_conv: int = 0,
+                 activation: str = "swish") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.heatmap_style = heatmap_style
+        # The original's heads are bare 1x1 convs; a shared 3x3 layer adds one more nonlinearity and
+        # one cell of context on every side, which the 4-layer backbone is short of.
+        self.stem = ConvBNAct(in_channels, head_conv, 3, 1, activation) if head_conv > 0 else nn.Identity()
+        in_channels = head_conv if head_conv > 0 else in_channels
         self.hm = nn.Conv2d(in_channels, num_classes, 1)
         self.off = nn.Conv2d(in_channels, 2, 1)
         self.wh = nn.Conv2d(in_channels, 2, 1)
@@ -81,9 +87,10 @@ class CenterNetHead(DetectorHead):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, in_channels: int) -> CenterNetHead:
-        return cls(in_channels, cfg.num_classes, cfg.heatmap_style)
+        return cls(in_channels, cfg.num_classes, cfg.heatmap_style, cfg.head_conv, cfg.activation)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.stem(features)
         return {"hm": self.hm(features), "off": self.off(features), "wh": self.wh(features)}
 
     # -- targets --------------------------------------------------------------------------------
