@@ -239,8 +239,53 @@ def bench_steps_only(cfg: RunConfig, data_dir: Path, cache_dir: Path, repeats: i
 
     run(warmup)
     samples = [run(steps) for _ in range(repeats)]
-    return Measurement("steps_only", "steps only (in-memory batches)", "batch 64, 1 process",
-                       samples, f"{repeats} x {steps} steps; targets+fwd+loss+bwd+clip+AdamW+EMA")
+    threads = torch.get_num_threads()
+    one_thread = []
+    if threads > 1:  # the same loop with one intra-op thread (what a data-loader worker's neighbour gets)
+        torch.set_num_threads(1)
+        try:
+            run(2)
+            one_thread = [run(max(steps // 2, 5)) for _ in range(repeats)]
+        finally:
+            torch.set_num_threads(threads)
+    phases = step_phases(runner, batches, device, max(steps // 2, 5))
+    return Measurement("steps_only", "steps only (in-memory batches)", f"batch 64, 1 process, {threads} threads",
+                       samples, f"{repeats} x {steps} steps; targets+fwd+loss+bwd+clip+AdamW+EMA",
+                       {"one_thread_imgs_per_s": [round(v, 1) for v in one_thread], "phase_ms_per_step": phases})
+
+
+def step_phases(runner: StepRunner, batches: list, device: torch.device, steps: int) -> dict[str, float]:
+    """Mean ms per step of each part of StepRunner.step, timed separately (CPU: no async to sync)."""
+    names = ("input", "forward", "targets", "loss", "backward", "clip", "adamw+sched", "ema")
+    totals = dict.fromkeys(names, 0.0)
+    model, cfg = runner.model, runner.cfg
+    for i in range(steps):
+        batch = batches[i % len(batches)]
+        t = [time.perf_counter()]
+        x = images_to_input(batch.images, device)
+        t.append(time.perf_counter())
+        outputs = model(x)
+        t.append(time.perf_counter())
+        targets = model.head.build_targets(batch.boxes, batch.labels, tuple(outputs["hm"].shape[-2:]))
+        t.append(time.perf_counter())
+        loss = model.head.loss(outputs, targets)["loss"]
+        torch.isfinite(loss).item()
+        t.append(time.perf_counter())
+        runner.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.append(time.perf_counter())
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+        t.append(time.perf_counter())
+        runner.optimizer.step()
+        runner.scheduler.step()
+        t.append(time.perf_counter())
+        if runner.ema is not None:
+            runner.ema.update(model)
+        t.append(time.perf_counter())
+        for name, a, b in zip(names, t, t[1:]):
+            totals[name] += b - a
+    return {name: round(1000 * v / steps, 3) for name, v in totals.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -536,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="YOLO folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs/repeats: a < 60 s smoke run")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per measurement (default 3; >= 3 for medians)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per measurement (default 5, --quick 3; use >= 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the training process (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -546,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         repeats, steps, warm_epochs, baseline_epochs, breakdown_n = 3, 10, 3, 3, 32
     else:
-        repeats, steps, warm_epochs, baseline_epochs, breakdown_n = 3, 40, 8, 4, 128
+        repeats, steps, warm_epochs, baseline_epochs, breakdown_n = 5, 60, 10, 5, 128
     repeats = args.repeats or repeats
     baseline_epochs = max(baseline_epochs, repeats)
     if not args.data.is_dir():
@@ -627,6 +672,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(cold.extra['epoch_loop_seconds']):.2f} s")
     print(f"- uhd data pipeline alone (cached images, default aug + collate, 1 process): {data_only:.0f} img/s; "
           f"steps alone {by_key['steps_only'].median:.0f} img/s")
+    so = by_key["steps_only"]
+    if so.extra["one_thread_imgs_per_s"]:
+        print(f"- steps only with 1 torch thread: {statistics.median(so.extra['one_thread_imgs_per_s']):.0f} img/s "
+              f"(vs {so.median:.0f} with {info['torch_threads']})")
+    phases = so.extra["phase_ms_per_step"]
+    print(f"- one step of {cfg.batch_size} images, ms: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()) + f" (sum {sum(phases.values()):.1f})")
     print(f"- baseline __getitem__ cost, 1 process, ms/image: PIL decode+resize {breakdown['pil_decode_resize']:.2f}, "
           f"flip+to-tensor {breakdown['flip_to_tensor']:.3f}, targets {breakdown['targets']:.3f}")
     print(f"- baseline heatmaps vs head.build_targets on the same boxes: max |diff| {target_diff:.2e}")
