@@ -1,0 +1,252 @@
+"""YOLO folder -> decoded, resized, cached uint8 arrays -> augmented batches.
+
+Every image is decoded and resized exactly once (cached in memory and on disk), so epochs after the
+first never touch a JPEG. Box format throughout: cxcywh normalized to 0..1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from uhd_core.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, resize_image
+from uhd_core.data.labels import LabelIssue, read_label_file, select_classes
+from uhd_core.errors import DataError
+
+CACHE_FORMAT = 1
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class YoloIndex:
+    """The usable samples of a folder and what was skipped.
+
+    ``boxes[i]`` (N_i, 4) float32 cxcywh normalized; ``labels[i]`` (N_i,) int64 in 0..K-1.
+    """
+
+    root: Path
+    files: list[str]  # paths relative to root, sorted
+    boxes: list[np.ndarray]
+    labels: list[np.ndarray]
+    issues: list[LabelIssue] = field(default_factory=list)
+    num_scanned: int = 0
+    num_without_targets: int = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def scan_yolo_folder(root: Path, classes: tuple[int, ...]) -> YoloIndex:
+    """Parse every label file; keep images with at least one target box (as the original does)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--image-dir {root} does not exist or is not a folder (try `uhd dataset synth {root}`)")
+    images = list_images(root)
+    if not images:
+        raise DataError(f"--image-dir {root} has no .jpg/.jpeg/.png/.bmp images (try `uhd dataset synth DIR`)")
+    index = YoloIndex(root=root, files=[], boxes=[], labels=[], num_scanned=len(images))
+    for path in images:
+        parsed = read_label_file(path.with_suffix(".txt"))
+        index.issues.extend(parsed.issues)
+        boxes, labels = select_classes(parsed, classes)
+        if len(boxes) == 0:
+            index.num_without_targets += 1
+            continue
+        index.files.append(path.name)
+        index.boxes.append(boxes)
+        index.labels.append(labels)
+    return index
+
+
+# ------------------------------------------------------------------------------------------------
+# Decode-once cache
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("UHD_CACHE_DIR") or Path.home() / ".cache" / "uhd")
+
+
+def cache_key(root: Path, files: Sequence[str], size_hw: tuple[int, int], interpolation: str) -> str:
+    """Changes whenever a file is added, removed, touched or resized, or the resize changes."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CACHE_FORMAT, str(root.resolve()), list(size_hw), interpolation]).encode())
+    for name in files:
+        st = (root / name).stat()
+        digest.update(f"{name}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class DecodedImages:
+    """``images`` (N, H, W, 3) uint8 RGB; ``ok[i]`` False where decoding failed (``errors[i]`` says why)."""
+
+    images: np.ndarray
+    ok: np.ndarray
+    errors: list[str]
+    from_cache: bool
+
+
+def decode_all(root: Path, files: Sequence[str], size_hw: tuple[int, int], interpolation: str,
+               cache_dir: Path | None, progress: ProgressFn | None = None) -> DecodedImages:
+    h, w = size_hw
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"images_{cache_key(root, files, size_hw, interpolation)}.npz"
+        if cache_path.is_file():
+            try:
+                with np.load(cache_path, allow_pickle=False) as data:
+                    images, ok, errors = data["images"], data["ok"], [str(e) for e in data["errors"]]
+                if images.shape == (len(files), h, w, 3):
+                    return DecodedImages(images, ok, errors, from_cache=True)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                pass  # a damaged cache is rebuilt, never trusted
+    images = np.zeros((len(files), h, w, 3), dtype=np.uint8)
+    ok = np.zeros(len(files), dtype=bool)
+    errors = [""] * len(files)
+
+    def work(i: int) -> None:
+        try:
+            images[i] = resize_image(decode_image(root / files[i]), size_hw, interpolation)
+            ok[i] = True
+        except ImageDecodeError as exc:
+            errors[i] = str(exc)
+
+    # cv2 releases the GIL while decoding, so threads use every core without pickling arrays.
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        for done, _ in enumerate(pool.map(work, range(len(files))), start=1):
+            if progress is not None:
+                progress(done, len(files))
+    if cache_path is not None:
+        _atomic_save_npz(cache_path, images=images, ok=ok, errors=np.array(errors, dtype=str))
+    return DecodedImages(images, ok, errors, from_cache=False)
+
+
+def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a cache that cannot be written only costs a re-decode next time
+
+
+# ------------------------------------------------------------------------------------------------
+# Split
+
+def split_files(files: Sequence[str], train_split: float, val_split: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic per seed and independent of the order `files` is given in."""
+    ordered = sorted(files)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    n_train = int(round(train_split * len(ordered)))
+    n_val = int(round(val_split * len(ordered)))
+    n_val = min(n_val, len(ordered) - n_train)
+    train = [ordered[i] for i in perm[:n_train]]
+    val = [ordered[i] for i in perm[n_train:n_train + n_val]]
+    return sorted(train), sorted(val)
+
+
+# ------------------------------------------------------------------------------------------------
+# Torch side
+
+AugmentFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+class CachedDetectionDataset(Dataset):
+    """Items are ``(image (H, W, 3) uint8, boxes (N, 4) float32 cxcywh, labels (N,) int64)``.
+
+    Indexed by ``(index, epoch)`` pairs (see EpochShuffleSampler) so augmentation randomness is a
+    pure function of (seed, epoch, index): identical across worker counts and after resume.
+    """
+
+    def __init__(self, images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray],
+                 augment: AugmentFn | None = None, seed: int = 0) -> None:
+        self.images = images
+        self.boxes = boxes
+        self.labels = labels
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, boxes, labels = self.images[index], self.boxes[index], self.labels[index]
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, epoch, index))
+            image, boxes, labels = self.augment(image, boxes, labels, rng)
+        return image, boxes, labels
+
+
+class EpochShuffleSampler(Sampler):
+    """Yields ``(index, epoch)``; the order is a permutation seeded by (seed, epoch)."""
+
+    def __init__(self, num_items: int, seed: int, shuffle: bool = True) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_items, generator=gen).tolist()
+        else:
+            order = range(self.num_items)
+        return iter((i, self.epoch) for i in order)
+
+
+@dataclass
+class Batch:
+    """``images`` (B, 3, H, W) uint8 RGB; ``boxes`` (B, M, 4) float32 cxcywh normalized;
+    ``labels`` (B, M) int64 with -1 marking padding (M >= 1)."""
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.images.pin_memory(), self.boxes.pin_memory(), self.labels.pin_memory())
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.labels >= 0
+
+
+def collate_detection(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Batch:
+    images = torch.from_numpy(np.stack([it[0] for it in items])).permute(0, 3, 1, 2).contiguous()
+    max_boxes = max(1, max(len(it[1]) for it in items))
+    boxes = np.zeros((len(items), max_boxes, 4), dtype=np.float32)
+    labels = np.full((len(items), max_boxes), -1, dtype=np.int64)
+    for i, (_, b, lab) in enumerate(items):
+        boxes[i, : len(b)] = b
+        labels[i, : len(lab)] = lab
+    return Batch(images, torch.from_numpy(boxes), torch.from_numpy(labels))
+
+
+def images_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 0..1 on `device`; converting after the copy moves 4x fewer bytes."""
+    return images.to(device, non_blocking=True).float().div_(255.0)

@@ -1,0 +1,102 @@
+"""YOLO label files: ``class cx cy w h`` per line, all normalized to 0..1.
+
+Bad lines are skipped and reported (file, line number, reason) instead of failing the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Labels written by other tools are often a hair outside 0..1 (float rounding); clip within this.
+_COORD_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class LabelIssue:
+    path: str
+    line: int  # 1-based; 0 = the whole file
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class ParsedLabels:
+    """Boxes of one image. ``boxes`` (N, 4) float32 cxcywh normalized; ``classes`` (N,) int64 source ids."""
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    issues: list[LabelIssue] = field(default_factory=list)
+
+
+def parse_label_text(text: str, source: str = "<labels>") -> ParsedLabels:
+    boxes: list[tuple[float, float, float, float]] = []
+    classes: list[int] = []
+    issues: list[LabelIssue] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            issues.append(LabelIssue(source, lineno, "empty line"))
+            continue
+        fields = line.split()
+        if len(fields) != 5:
+            issues.append(LabelIssue(source, lineno, f"expected 5 fields 'class cx cy w h', got {len(fields)}"))
+            continue
+        try:
+            cls_f = float(fields[0])
+            cx, cy, w, h = (float(v) for v in fields[1:])
+        except ValueError:
+            issues.append(LabelIssue(source, lineno, f"not numbers: {line[:60]!r}"))
+            continue
+        if not cls_f.is_integer() or cls_f < 0:
+            issues.append(LabelIssue(source, lineno, f"class must be a non-negative integer, got {fields[0]!r}"))
+            continue
+        values = np.array([cx, cy, w, h])
+        if not np.all(np.isfinite(values)):
+            issues.append(LabelIssue(source, lineno, "non-finite coordinate"))
+            continue
+        if w <= 0 or h <= 0:
+            issues.append(LabelIssue(source, lineno, f"w/h must be > 0, got w={w:g} h={h:g}"))
+            continue
+        if np.any(values < -_COORD_TOLERANCE) or np.any(values > 1 + _COORD_TOLERANCE):
+            issues.append(LabelIssue(source, lineno, "coordinates outside 0..1"))
+            continue
+        x1, y1 = max(cx - w / 2, 0.0), max(cy - h / 2, 0.0)
+        x2, y2 = min(cx + w / 2, 1.0), min(cy + h / 2, 1.0)
+        if x2 <= x1 or y2 <= y1:
+            issues.append(LabelIssue(source, lineno, "box has no area inside the image"))
+            continue
+        boxes.append(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
+        classes.append(int(cls_f))
+    return ParsedLabels(
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        classes=np.asarray(classes, dtype=np.int64),
+        issues=issues,
+    )
+
+
+def read_label_file(path: Path) -> ParsedLabels:
+    """A missing label file means 'no boxes' (a negative image), not an error."""
+    if not path.exists():
+        return ParsedLabels(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+    try:
+        # utf-8-sig: Windows editors write a byte-order mark that would otherwise spoil line 1.
+        text = path.read_text(encoding="utf-8-sig", errors="strict")
+    except (OSError, UnicodeDecodeError) as exc:
+        return ParsedLabels(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), [LabelIssue(str(path), 0, f"unreadable ({exc})")]
+        )
+    return parse_label_text(text, str(path))
+
+
+def select_classes(parsed: ParsedLabels, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Keep boxes of the target classes and map source ids to contiguous 0..K-1 in `classes` order."""
+    lookup = {src: idx for idx, src in enumerate(classes)}
+    keep = np.array([c in lookup for c in parsed.classes.tolist()], dtype=bool)
+    mapped = np.array([lookup[c] for c in parsed.classes[keep].tolist()], dtype=np.int64)
+    return parsed.boxes[keep], mapped
