@@ -248,5 +248,10 @@ def collate_detection(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def images_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 0..1 on `device`; converting after the copy moves 4x fewer bytes."""
-    return images.to(device, non_blocking=True).float().div_(255.0)
+    """uint8 (B, 3, H, W) -> float32 0..1 on `device`, channels-last strides.
+
+    Converting after the copy moves 4x fewer bytes. Channels-last (NHWC) memory is what oneDNN's
+    depthwise convolutions want: it halves the training step of the tiny CNN on a CPU (bench/).
+    """
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)

@@ -259,7 +259,7 @@ class Trainer:
         train_loader, sampler, val_loader = self._loaders(train_set, val_set, device)
         steps_per_epoch = len(train_loader)
 
-        model = build_detector(cfg).to(device)
+        model = build_detector(cfg).to(device, memory_format=torch.channels_last)
         if cfg.ckpt:
             self._init_weights_from(model, cfg.ckpt)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
