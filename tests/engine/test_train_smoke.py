@@ -288,3 +288,13 @@ def test_ckpt_that_is_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
     bogus.write_bytes(b"nope")
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         run_training(None, {**overrides, "runs_dir": str(tmp_path), "epochs": 1, "ckpt": str(bogus)}, tensorboard=False)
+
+
+def test_amp_on_cpu_trains_with_finite_losses(tiny_yolo_dir: Path, tmp_path: Path):
+    """--use-amp on a CPU runs the step under bf16 autocast; losses (computed in fp32) stay finite."""
+    overrides = _settings(tiny_yolo_dir, tmp_path / "runs", epochs=1, use_amp=True, exp_name="amp")
+    result = run_training(None, overrides, tensorboard=False)
+    losses = [e["losses"]["loss"] for e in _events(result.run_dir, "StepEnded")]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    assert ckpt["config"]["use_amp"] is True and ckpt["scaler"] is None  # GradScaler is CUDA-only

@@ -1,0 +1,23 @@
+"""The README's flag table is the CLI's flag list (both derive from RunConfig)."""
+
+import re
+from pathlib import Path
+
+from uhd_core.config import RunConfig
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_flag_table_lists_exactly_the_cli_flags():
+    documented = set(re.findall(r"^\| `(--[a-z0-9-]+)` \|", README.read_text(encoding="utf-8"), flags=re.M))
+    expected = {
+        "--" + name.replace("_", "-")
+        for name, field in RunConfig.model_fields.items()
+        if (field.json_schema_extra or {}).get("cli", True)
+    }
+    assert documented == expected
+
+
+def test_readme_shows_the_two_commands():
+    text = README.read_text(encoding="utf-8")
+    assert "make demo" in text and "make test" in text
