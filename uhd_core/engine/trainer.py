@@ -322,7 +322,7 @@ class Trainer:
                 labels = batch.labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     outputs = model(x)
-                targets = model.head.build_targets(boxes, labels, tuple(outputs["hm" if "hm" in outputs else next(iter(outputs))].shape[-2:]))
+                targets = model.head.build_targets(boxes, labels, model.head.output_hw(outputs))
                 losses = model.head.loss(outputs, targets)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
@@ -414,7 +414,8 @@ class Trainer:
             "epoch": epoch,
             "global_step": global_step,
             "best_map50": best_map,
-            "best_checkpoint": str(best_path or path if kind == "best" else best_path or ""),
+            # a best checkpoint names itself; a last one names the best so far
+            "best_checkpoint": str(path if kind == "best" else best_path or ""),
             "rng": rng,
         })
         # Pruning only after the new file is safely in place: a crash never leaves fewer checkpoints.

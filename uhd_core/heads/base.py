@@ -28,6 +28,11 @@ class DetectorHead(nn.Module, ABC):
     @abstractmethod
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
+    def output_hw(self, outputs: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(H, W) of the output grid that targets are built for (dense heads: any output map)."""
+        first = next(iter(outputs.values()))
+        return int(first.shape[-2]), int(first.shape[-1])
+
     @abstractmethod
     def build_targets(self, boxes: torch.Tensor, labels: torch.Tensor, feature_hw: tuple[int, int]) -> dict[str, Any]:
         """boxes (B, M, 4) cxcywh normalized, labels (B, M) with -1 padding -> family targets."""
