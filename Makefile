@@ -18,7 +18,7 @@ $(BIN)/uhd: pyproject.toml
 setup: $(BIN)/uhd
 
 demo: setup
-	@test -d data/synth || $(BIN)/uhd dataset synth data/synth --n 2000 --seed 0
+	@test -d data/synth || $(BIN)/uhd dataset synth data/synth --n 3000 --seed 0
 	$(BIN)/uhd train --preset quickstart --exist-ok
 
 test: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from uhd_cli.commands import dataset
+from uhd_cli.commands.anchors import anchors
 from uhd_cli.commands.train import train
 
 app = typer.Typer(
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command("train", context_settings={"max_content_width": 120})(train)
 app.add_typer(dataset.app, name="dataset")
+app.command("anchors")(anchors)
 
 
 def main() -> None:
