@@ -252,6 +252,17 @@ def training_files(cfg: RunConfig, data_dir: Path) -> tuple[Any, list[str], list
     train_files, val_files = split_files(index.files, cfg.train_split, cfg.val_split, cfg.seed)
     return index, train_files, sorted(set(train_files) | set(val_files))
 
+def uhd_train_dataset(cfg: RunConfig, data_dir: Path, cache_dir: Path) -> CachedDetectionDataset:
+    """The training split as the Trainer builds it: decoded once, cached, default augmentation."""
+    index, train_files, used = training_files(cfg, data_dir)
+    decoded = decode_all(index.root, used, cfg.img_size, cfg.resize_interpolation, cache_dir)
+    row = {name: i for i, name in enumerate(used)}
+    pos = {name: i for i, name in enumerate(index.files)}
+    return CachedDetectionDataset(
+        decoded.images[[row[f] for f in train_files]], [index.boxes[pos[f]] for f in train_files],
+        [index.labels[pos[f]] for f in train_files], build_augment_pipeline(cfg.aug_config), cfg.seed)
+
+
 
 class StepsOnly:
     """(1) In-memory, pre-augmented, pre-collated batches through StepRunner.step (the trainer's step)."""
@@ -259,13 +270,7 @@ class StepsOnly:
     key, label = "steps_only", "steps only (in-memory batches)"
 
     def __init__(self, cfg: RunConfig, data_dir: Path, cache_dir: Path, steps: int) -> None:
-        index, train_files, used = training_files(cfg, data_dir)
-        decoded = decode_all(index.root, used, cfg.img_size, cfg.resize_interpolation, cache_dir)
-        row = {name: i for i, name in enumerate(used)}
-        pos = {name: i for i, name in enumerate(index.files)}
-        dataset = CachedDetectionDataset(
-            decoded.images[[row[f] for f in train_files]], [index.boxes[pos[f]] for f in train_files],
-            [index.labels[pos[f]] for f in train_files], build_augment_pipeline(cfg.aug_config), cfg.seed)
+        dataset = uhd_train_dataset(cfg, data_dir, cache_dir)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=EpochShuffleSampler(len(dataset), cfg.seed),
                             collate_fn=collate_detection, num_workers=0, drop_last=True)
         self.batches = list(loader)  # one augmented epoch, in memory
@@ -577,13 +582,7 @@ def baseline_breakdown(cfg: RunConfig, data_dir: Path, feature_hw: tuple[int, in
 
 def uhd_data_only(cfg: RunConfig, data_dir: Path, cache_dir: Path, epochs: int) -> float:
     """images/s of the UHD data pipeline alone (augment + collate, 1 process), no training step."""
-    index, train_files, used = training_files(cfg, data_dir)
-    decoded = decode_all(index.root, used, cfg.img_size, cfg.resize_interpolation, cache_dir)
-    row = {name: i for i, name in enumerate(used)}
-    pos = {name: i for i, name in enumerate(index.files)}
-    dataset = CachedDetectionDataset(
-        decoded.images[[row[f] for f in train_files]], [index.boxes[pos[f]] for f in train_files],
-        [index.labels[pos[f]] for f in train_files], build_augment_pipeline(cfg.aug_config), cfg.seed)
+    dataset = uhd_train_dataset(cfg, data_dir, cache_dir)
     sampler = EpochShuffleSampler(len(dataset), cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_detection,
                         num_workers=0, drop_last=True)

@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
+from cli_helpers import one_error_line as _one_error_line
 from uhd_cli.main import app
 from uhd_core.anchors import anchor_report, fit_anchors, format_anchor_string, load_box_sizes, parse_anchor_string
 
-WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
 GIVEN = "0.08,0.10 0.15,0.20"
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env=WIDE)
-
-
-def _one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_auto_with_given_anchors_prints_report_and_writes_json(runner, tiny_yolo_dir, tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from typer.testing import CliRunner
 
+from cli_helpers import one_error_line as _one_error_line
 from uhd_cli.main import app
 from uhd_core.config import RunConfig
 
@@ -27,19 +27,6 @@ ORIGINAL_TRAIN_FLAGS = """
 --preset
 """.split()
 
-WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env=WIDE)
-
-
-def _one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_flag_list_has_no_duplicates():

@@ -283,8 +283,8 @@ def _render_person(
         return (ox + facing * p[0], oy + p[1])
 
     paint = _Painter(*shape)
-    skin_c, shirt_c, trousers_c = _fig_colour(skin), _fig_colour(shirt), _fig_colour(trousers)
-    shoes_c, hair_c = _fig_colour(shoes), _fig_colour(hair)
+    skin_c, shirt_c = _fig_colour(skin), _fig_colour(shirt)
+    hair_c = _fig_colour(hair)
     shade = 0.8  # limbs on the far side sit in a little shadow, which also separates them
 
     def draw_leg(leg, k):
