@@ -179,7 +179,7 @@ def test_pending_feature_flag_is_an_error_naming_the_flag(name):
     assert "not implemented yet" in str(err.value)
 
 
-@pytest.mark.parametrize(("name", "flag"), [("use_anchor", "--use-anchor"), ("distill_kl", "--distill-kl")])
+@pytest.mark.parametrize(("name", "flag"), [("num_queries", "--num-queries"), ("distill_kl", "--distill-kl")])
 def test_pending_feature_examples(name, flag):
     with pytest.raises(ConfigError, match=flag):
         check_implemented(build_config(None, {name: _non_default(name)}))
@@ -187,6 +187,13 @@ def test_pending_feature_examples(name, flag):
 
 def test_defaults_are_implemented():
     check_implemented(RunConfig())
+
+
+def test_anchor_head_needs_anchors_or_auto_anchors():
+    with pytest.raises(ConfigError, match="--auto-anchors"):
+        check_implemented(build_config(None, {"use_anchor": True}))
+    check_implemented(build_config(None, {"use_anchor": True, "auto_anchors": True, "iou_loss": "ciou"}))
+    check_implemented(build_config(None, {"use_anchor": True, "anchors": "0.1,0.2", "anchor_assign": "yolov5"}))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -105,6 +105,10 @@ class RunConfig(BaseModel):
     auto_anchors: bool = Field(False, **_flag("Compute anchors with k-means on the training boxes.", group="anchor"))
     num_anchors: int = Field(3, ge=1, **_flag("Number of anchors to compute.", group="anchor"))
     iou_loss: Literal["iou", "giou", "ciou"] = Field("giou", **_flag("Box loss of the anchor head.", group="anchor"))
+    anchor_assign: Literal["best", "yolov5"] = Field(
+        "best", **_flag("Anchor target rule: 'best' = centre cell, best-IoU anchor (sigmoid/exp boxes); 'yolov5' = "
+                        "every anchor within 4x, centre + 2 neighbour cells (YOLOv5 boxes).", group="anchor")
+    )
     # --- transformer ---------------------------------------------------------------------------
     num_queries: int = Field(10, ge=1, **_flag("Transformer: number of object queries.", group="transformer"))
     d_model: int = Field(64, ge=8, **_flag("Transformer: model width.", group="transformer"))
@@ -213,11 +217,6 @@ class RunConfig(BaseModel):
 # Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
 # silent no-op. Entries leave this table as their feature lands.
 PENDING_FEATURES: dict[str, str] = {
-    "use_anchor": "the anchor head",
-    "anchors": "the anchor head",
-    "auto_anchors": "auto-anchors",
-    "num_anchors": "auto-anchors",
-    "iou_loss": "the anchor head",
     "num_queries": "the transformer detector",
     "d_model": "the transformer detector",
     "heads": "the transformer detector",
@@ -245,6 +244,8 @@ def check_implemented(cfg: RunConfig) -> None:
         default = RunConfig.model_fields[name].default
         if getattr(cfg, name) != default:
             raise ConfigError(f"{flag_name(name)} needs {feature}, which is not implemented yet")
+    if cfg.use_anchor and not cfg.anchors and not cfg.auto_anchors:
+        raise ConfigError("--use-anchor needs anchors: pass --anchors 'w,h w,h ...' or --auto-anchors")
 
 
 # ------------------------------------------------------------------------------------------------

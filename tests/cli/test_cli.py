@@ -71,8 +71,8 @@ def test_unknown_preset_is_one_line(runner, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "flag"), [
-    (["--use-anchor"], "--use-anchor"),
     (["--distill-kl", "1.0"], "--distill-kl"),
+    (["--teacher-ckpt", "t.pt"], "--teacher-ckpt"),
     (["--num-queries", "20"], "--num-queries"),
 ])
 def test_pending_feature_is_one_line_naming_the_flag(runner, tmp_path, tiny_yolo_dir, args, flag):
@@ -81,6 +81,15 @@ def test_pending_feature_is_one_line_naming_the_flag(runner, tmp_path, tiny_yolo
     assert result.exit_code == 2
     line = _one_error_line(result)
     assert flag in line and "not implemented yet" in line
+    assert not runs.exists(), "a rejected config must not create a run dir"
+
+
+def test_anchor_head_without_anchors_is_one_line(runner, tmp_path, tiny_yolo_dir):
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--image-dir", str(tiny_yolo_dir), "--runs-dir", str(runs), "--use-anchor"])
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert "--use-anchor" in line and "--anchors" in line and "--auto-anchors" in line
     assert not runs.exists(), "a rejected config must not create a run dir"
 
 

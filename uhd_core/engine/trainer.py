@@ -6,13 +6,16 @@ import json
 import math
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from uhd_core.anchors import fit_anchors
 from uhd_core.augment import build_augment_pipeline
 from uhd_core.config import RunConfig, build_config, check_implemented, config_to_yaml
 from uhd_core.data.dataset import (
@@ -223,6 +226,23 @@ class Trainer:
                                 collate_fn=collate_detection, num_workers=0, pin_memory=pin)
         return train_loader, sampler, val_loader
 
+    # -- anchors --------------------------------------------------------------------------------
+    def _fit_anchors(self, train_set: CachedDetectionDataset) -> RunConfig:
+        """--auto-anchors: k-means + evolution on the training split's boxes; the anchors are stored in
+        the config (and so in config.yaml and every checkpoint), which resume then reuses as is.
+        Explicit --anchors win: fitting only happens when the config holds none."""
+        cfg = self.cfg
+        sizes = [b[:, 2:4] for b in train_set.boxes if len(b)]
+        wh = np.concatenate(sizes).astype(np.float64) if sizes else np.zeros((0, 2))
+        wh = wh[(wh > 0).all(axis=1)]
+        if len(wh) == 0:
+            raise DataError("--auto-anchors: the training split has no boxes to fit anchors to")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fewer distinct sizes than anchors: fit_anchors returns fewer
+            anchors = fit_anchors(wh, cfg.num_anchors, seed=cfg.seed)
+        return cfg.model_copy(update={"anchors": tuple((float(w), float(h)) for w, h in anchors),
+                                      "auto_anchors": False})
+
     # -- model state ----------------------------------------------------------------------------
     def _init_weights_from(self, model: Detector, path: str) -> None:
         ckpt = load_checkpoint(path)
@@ -258,6 +278,8 @@ class Trainer:
         train_set, val_set = self._prepare_data()
         train_loader, sampler, val_loader = self._loaders(train_set, val_set, device)
         steps_per_epoch = len(train_loader)
+        if cfg.use_anchor and not cfg.anchors:
+            cfg = self.cfg = self._fit_anchors(train_set)
 
         model = build_detector(cfg).to(device, memory_format=torch.channels_last)
         if cfg.ckpt:

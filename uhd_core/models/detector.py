@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import uhd_core.heads.anchor  # noqa: F401  (registers the head)
 import uhd_core.heads.centernet  # noqa: F401  (registers the head)
 import uhd_core.models.cnn  # noqa: F401  (registers the backbone)
 from uhd_core.config import RunConfig
