@@ -18,6 +18,16 @@ def test_readme_flag_table_lists_exactly_the_cli_flags():
     assert documented == expected
 
 
+def test_readme_flag_table_shows_the_cli_defaults():
+    from uhd_cli.commands.train import _default_text
+
+    rows = dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| `([^`]*)` \|", README.read_text(encoding="utf-8"), flags=re.M))
+    for name, field in RunConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in rows:
+            assert rows[flag] == _default_text(name, field.default), flag
+
+
 def test_readme_shows_the_two_commands():
     text = README.read_text(encoding="utf-8")
     assert "make demo" in text and "make test" in text
