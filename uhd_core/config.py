@@ -212,8 +212,11 @@ class RunConfig(BaseModel):
     @property
     def head_name(self) -> str:
         """Registry key of the DetectorHead this config trains."""
-        return "anchor" if self.use_anchor else ("detr" if self.arch == "transformer" else "centernet")
+        return "anchor" if self.use_anchor else DEFAULT_HEAD_BY_ARCH[self.arch]
 
+
+#: The head family each --arch trains unless --use-anchor picks the anchor head.
+DEFAULT_HEAD_BY_ARCH = {"cnn": "centernet", "transformer": "detr"}
 
 # ------------------------------------------------------------------------------------------------
 # Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
