@@ -7,6 +7,7 @@ the resumed checkpoint's config), as the original tool's command lines expect.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from typing import Any, Optional
 
@@ -26,7 +27,7 @@ def _cli_annotation(annotation: Any) -> Any:
     """Literal/int/float/bool pass through (Typer parses them); tuples are typed as their string form."""
     if typing.get_origin(annotation) is tuple:
         return Optional[str]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         return Optional[inner[0]]
     return Optional[annotation]
