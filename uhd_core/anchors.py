@@ -252,6 +252,14 @@ def format_anchor_string(anchors: np.ndarray | Sequence[Sequence[float]]) -> str
     return " ".join(f"{w:.6f},{h:.6f}" for w, h in np.asarray(anchors, dtype=np.float64).reshape(-1, 2))
 
 
+def box_sizes(boxes: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-image (N_i, 4) cxcywh arrays -> all (w, h) pairs, (N, 2) float64 (N may be 0)."""
+    nonempty = [b for b in boxes if len(b)]
+    if not nonempty:
+        return np.zeros((0, 2), dtype=np.float64)
+    return np.concatenate(nonempty, axis=0)[:, 2:4].astype(np.float64)
+
+
 def load_box_sizes(image_dir: Path, classes: tuple[int, ...] = (0,), *, train_split_only: bool = False,
                    train_split: float = 0.8, val_split: float = 0.2, seed: int = 42) -> np.ndarray:
     """Normalized (w, h) of every box of ``classes`` in a YOLO folder: (N, 2) float64.
@@ -268,9 +276,9 @@ def load_box_sizes(image_dir: Path, classes: tuple[int, ...] = (0,), *, train_sp
         train, _ = split_files(index.files, train_split, val_split, seed)
         keep = set(train)
         boxes = [b for f, b in zip(index.files, index.boxes) if f in keep]
-    boxes = [b for b in boxes if len(b)]
-    if not boxes:
+    wh = box_sizes(boxes)
+    if len(wh) == 0:
         which = "training split of " if train_split_only else ""
         cls = ",".join(map(str, classes))
         raise DataError(f"no boxes of --classes {cls} in the {which}{index.num_scanned} images of {index.root}")
-    return np.concatenate(boxes, axis=0)[:, 2:4].astype(np.float64)
+    return wh

@@ -50,11 +50,17 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def scan_yolo_folder(root: Path, classes: tuple[int, ...]) -> YoloIndex:
-    """Parse every label file; keep images with at least one target box (as the original does)."""
+def require_image_dir(root: str | Path) -> Path:
+    """The --image-dir as a Path, or DataError naming it and suggesting the synthetic demo set."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"--image-dir {root} does not exist or is not a folder (try `uhd dataset synth {root}`)")
+    return root
+
+
+def scan_yolo_folder(root: Path, classes: tuple[int, ...]) -> YoloIndex:
+    """Parse every label file; keep images with at least one target box (as the original does)."""
+    root = require_image_dir(root)
     images = list_images(root)
     if not images:
         raise DataError(f"--image-dir {root} has no .jpg/.jpeg/.png/.bmp images (try `uhd dataset synth DIR`)")

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from uhd_core.anchors import fit_anchors
+from uhd_core.anchors import box_sizes, fit_anchors
 from uhd_core.augment import build_augment_pipeline
 from uhd_core.config import RunConfig, build_config, check_implemented, config_to_yaml
 from uhd_core.data.dataset import (
@@ -25,6 +24,7 @@ from uhd_core.data.dataset import (
     decode_all,
     default_cache_dir,
     images_to_input,
+    require_image_dir,
     scan_yolo_folder,
     split_files,
 )
@@ -125,9 +125,7 @@ class Trainer:
         check_implemented(cfg)
         if cfg.arch not in BACKBONES:
             raise ConfigError(f"--arch {cfg.arch} is not implemented yet (available: {', '.join(BACKBONES.names())})")
-        if not Path(cfg.image_dir).is_dir():  # before any run dir is made for a run that cannot start
-            raise DataError(f"--image-dir {cfg.image_dir} does not exist or is not a folder "
-                            f"(try `uhd dataset synth {cfg.image_dir}`)")
+        require_image_dir(cfg.image_dir)  # before any run dir is made for a run that cannot start
         self.cfg = cfg
         self.bus = bus or EventBus()
         self.resume_checkpoint = resume_checkpoint
@@ -232,9 +230,7 @@ class Trainer:
         the config (and so in config.yaml and every checkpoint), which resume then reuses as is.
         Explicit --anchors win: fitting only happens when the config holds none."""
         cfg = self.cfg
-        sizes = [b[:, 2:4] for b in train_set.boxes if len(b)]
-        wh = np.concatenate(sizes).astype(np.float64) if sizes else np.zeros((0, 2))
-        wh = wh[(wh > 0).all(axis=1)]
+        wh = box_sizes(train_set.boxes)
         if len(wh) == 0:
             raise DataError("--auto-anchors: the training split has no boxes to fit anchors to")
         with warnings.catch_warnings():
