@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # unpinned torch (even as a dependency) would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test bench bench-transformer readme-flags clean-venv
 
 $(BIN)/uhd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
+
+bench-transformer: setup
+	$(BIN)/python bench/transformer_cost.py
+
+# Rewrite the README's flag table from RunConfig (tests/test_readme.py fails while it is stale).
+readme-flags: setup
+	$(BIN)/python -c "from pathlib import Path; from uhd_cli.commands.train import write_readme_flag_table as w; \
+	p = Path('README.md'); p.write_text(w(p.read_text()))"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -35,9 +35,11 @@ def test_documented_presets_load_with_their_yaml_values(name):
 
 def test_every_preset_file_loads():
     names = available_presets()
-    assert {"cnn", "quickstart"} <= set(names)
+    assert {"cnn", "quickstart", "transformer", "transformer_l4", "transformer_grow", "transformer_distill"} <= set(names)
+    # presets that start from another checkpoint say so; the rest run as they are
+    needs = {"transformer_grow": {"ckpt": "x.pt"}, "transformer_distill": {"teacher_ckpt": "t.pt"}}
     for name in names:
-        check_implemented(build_config(name))
+        check_implemented(build_config(name, needs.get(name)))
 
 
 def test_unknown_preset_name_lists_the_available_ones():
@@ -179,10 +181,36 @@ def test_pending_feature_flag_is_an_error_naming_the_flag(name):
     assert "not implemented yet" in str(err.value)
 
 
-@pytest.mark.parametrize(("name", "flag"), [("num_queries", "--num-queries"), ("distill_kl", "--distill-kl")])
+@pytest.mark.parametrize(("name", "flag"), [("distill_feat", "--distill-feat"), ("teacher_backbone", "--teacher-backbone")])
 def test_pending_feature_examples(name, flag):
     with pytest.raises(ConfigError, match=flag):
         check_implemented(build_config(None, {name: _non_default(name)}))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"resume": "a.pt", "ckpt": "b.pt"}, "--resume and --ckpt exclude each other"),
+    ({"ckpt_non_strict": True}, "--ckpt-non-strict needs --ckpt"),
+    ({"arch": "transformer", "distill_kl": 1.0}, "need --teacher-ckpt"),
+    ({"arch": "transformer", "distill_box_l1": 1.0}, "need --teacher-ckpt"),
+    ({"teacher_ckpt": "t.pt"}, "use --arch transformer"),
+    ({"arch": "transformer", "use_anchor": True, "auto_anchors": True}, "own set-prediction head"),
+    ({"arch": "transformer", "d_model": 30, "heads": 3}, "divisible by 4"),
+    ({"arch": "transformer", "d_model": 64, "heads": 3}, "--heads 3"),
+])
+def test_inconsistent_flags_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_implemented(build_config(None, overrides))
+
+
+def test_transformer_presets_build_and_are_implemented():
+    for name in ("transformer", "transformer_l4"):
+        check_implemented(build_config(name))
+    assert build_config("transformer_l4").layers == 4
+    # the two recipes that start from another checkpoint name what the user must add
+    with pytest.raises(ConfigError, match="--ckpt"):
+        check_implemented(build_config("transformer_grow"))
+    with pytest.raises(ConfigError, match="--teacher-ckpt"):
+        check_implemented(build_config("transformer_distill"))
 
 
 def test_defaults_are_implemented():

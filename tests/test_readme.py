@@ -28,6 +28,13 @@ def test_readme_flag_table_shows_the_cli_defaults():
             assert rows[flag] == _default_text(name, field.default), flag
 
 
+def test_readme_flag_table_is_the_generated_one():
+    """Descriptions too: `make readme-flags` rewrites the table from RunConfig."""
+    from uhd_cli.commands.train import flag_table_markdown
+
+    assert flag_table_markdown() in README.read_text(encoding="utf-8")
+
+
 def test_readme_shows_the_two_commands():
     text = README.read_text(encoding="utf-8")
     assert "make demo" in text and "make test" in text

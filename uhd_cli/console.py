@@ -6,6 +6,7 @@ import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from uhd_core.engine.events import (
     DataPrepared,
@@ -17,6 +18,7 @@ from uhd_core.engine.events import (
     RunFinished,
     RunStarted,
     StepEnded,
+    WeightsLoaded,
     format_event_line,
 )
 
@@ -43,6 +45,19 @@ class PlainLinePrinter:
         line = format_event_line(event)
         if line is not None:
             print(line, file=self.stream, flush=True)
+
+
+def weights_loaded_table(event: WeightsLoaded) -> Table:
+    """--ckpt report: one row per category with its count and tensor names."""
+    table = Table(title=f"initialised from {event.path}", title_justify="left")
+    table.add_column("tensors")
+    table.add_column("count", justify="right")
+    table.add_column("names")
+    table.add_row("loaded", f"{event.loaded}/{event.total}", "")
+    for title, names in (("missing (start fresh)", event.missing), ("unexpected (ignored)", event.unexpected),
+                         ("shape-mismatched (start fresh)", event.mismatched)):
+        table.add_row(title, str(len(names)), "\n".join(names))
+    return table
 
 
 class RichProgressRenderer:
@@ -89,6 +104,9 @@ class RichProgressRenderer:
             return
         if isinstance(event, (EpochEnded, EvalFinished)):
             self.console.print(format_event_line(event))
+            return
+        if isinstance(event, WeightsLoaded):
+            self.console.print(weights_loaded_table(event))
             return
         if isinstance(event, (RunFinished, RunFailed)):
             if self.started:

@@ -104,7 +104,10 @@ class RunConfig(BaseModel):
     )
     auto_anchors: bool = Field(False, **_flag("Compute anchors with k-means on the training boxes.", group="anchor"))
     num_anchors: int = Field(3, ge=1, **_flag("Number of anchors to compute.", group="anchor"))
-    iou_loss: Literal["iou", "giou", "ciou"] = Field("giou", **_flag("Box loss of the anchor head.", group="anchor"))
+    iou_loss: Literal["iou", "giou", "ciou"] = Field(
+        "giou", **_flag("IoU kind of the box loss (anchor head) and of the (1 - IoU) term (transformer).",
+                        group="anchor")
+    )
     # Default from docs/measurements.md: yolov5 beat the original's rule at 150 epochs on real data
     # (mAP@0.5 0.085 vs 0.079 and 0.112 vs 0.049 on two seeds/splits).
     anchor_assign: Literal["best", "yolov5"] = Field(
@@ -113,34 +116,64 @@ class RunConfig(BaseModel):
     )
     # --- transformer ---------------------------------------------------------------------------
     num_queries: int = Field(10, ge=1, **_flag("Transformer: number of object queries.", group="transformer"))
-    d_model: int = Field(64, ge=8, **_flag("Transformer: model width.", group="transformer"))
+    d_model: int = Field(64, ge=8, **_flag("Transformer: model width (divisible by 4 and by --heads).", group="transformer"))
     heads: int = Field(4, ge=1, **_flag("Transformer: attention heads.", group="transformer"))
-    layers: int = Field(3, ge=1, **_flag("Transformer: encoder and decoder layers.", group="transformer"))
+    layers: int = Field(3, ge=1, **_flag("Transformer: encoder and decoder layers (each).", group="transformer"))
     dim_feedforward: int = Field(128, ge=8, **_flag("Transformer: feed-forward width.", group="transformer"))
-    use_fpn: bool = Field(False, **_flag("Transformer: multi-scale tokens.", group="transformer"))
+    use_fpn: bool = Field(False, **_flag("Transformer: tokens from several feature maps (see --fpn-layout).",
+                                         group="transformer"))
+    fpn_layout: Literal["s2-s2-s4-s8", "s4-s8-s16"] = Field(
+        "s2-s2-s4-s8", **_flag("Transformer --use-fpn token maps by stride: the original's s2-s2-s4-s8 (2,368 tokens "
+                               "at 64x64) or s4-s8-s16 (336 tokens).", group="transformer")
+    )
+    detr_matcher: Literal["hungarian", "greedy"] = Field(
+        "hungarian", **_flag("Transformer: query-to-target assignment (greedy = the original's).", group="transformer")
+    )
+    detr_cls_weight: float = Field(1.0, ge=0.0, **_flag("Transformer: class weight in matching cost and loss.",
+                                                        group="transformer"))
+    detr_l1_weight: float = Field(5.0, ge=0.0, **_flag("Transformer: box-L1 weight in matching cost and loss.",
+                                                       group="transformer"))
+    detr_iou_weight: float = Field(2.0, ge=0.0, **_flag("Transformer: (1 - IoU) weight in matching cost and loss "
+                                                        "(IoU kind from --iou-loss).", group="transformer"))
+    detr_no_object_weight: float = Field(0.1, ge=0.0, **_flag("Transformer: cross-entropy weight of the no-object "
+                                                              "class.", group="transformer"))
     # --- distillation --------------------------------------------------------------------------
-    teacher_ckpt: str = Field("", **_flag("Teacher checkpoint for distillation.", group="distill"))
-    teacher_arch: str = Field("", **_flag("Teacher model family.", group="distill"))
-    teacher_num_queries: int | None = Field(None, **_flag("Teacher transformer queries.", group="distill"))
-    teacher_d_model: int | None = Field(None, **_flag("Teacher transformer width.", group="distill"))
-    teacher_heads: int | None = Field(None, **_flag("Teacher transformer heads.", group="distill"))
-    teacher_layers: int | None = Field(None, **_flag("Teacher transformer layers.", group="distill"))
-    teacher_dim_feedforward: int | None = Field(None, **_flag("Teacher feed-forward width.", group="distill"))
-    teacher_use_skip: bool = Field(False, **_flag("Teacher CNN uses skip.", group="distill"))
-    teacher_activation: str = Field("", **_flag("Teacher activation.", group="distill"))
-    teacher_use_fpn: bool = Field(False, **_flag("Teacher transformer uses FPN.", group="distill"))
+    teacher_ckpt: str = Field("", **_flag("Teacher checkpoint (a transformer run) for query distillation.",
+                                          group="distill"))
+    teacher_arch: str = Field("", **_flag("Teacher model family (default: from its checkpoint).", group="distill"))
+    teacher_num_queries: int | None = Field(None, **_flag("Override the teacher's queries.", group="distill"))
+    teacher_d_model: int | None = Field(None, **_flag("Override the teacher's width.", group="distill"))
+    teacher_heads: int | None = Field(None, **_flag("Override the teacher's heads.", group="distill"))
+    teacher_layers: int | None = Field(None, **_flag("Override the teacher's layers.", group="distill"))
+    teacher_dim_feedforward: int | None = Field(None, **_flag("Override the teacher's feed-forward width.",
+                                                              group="distill"))
+    teacher_use_skip: bool | None = Field(None, **_flag("Override the teacher's use-skip.", group="distill"))
+    teacher_activation: str = Field("", **_flag("Override the teacher's activation.", group="distill"))
+    teacher_use_fpn: bool | None = Field(None, **_flag("Override the teacher's use-fpn.", group="distill"))
+    teacher_img_size: tuple[int, int] | None = Field(
+        None, **_flag("Teacher input size HxW (default: the one in its checkpoint); each augmented sample is also "
+                      "rendered at this size for the teacher.", group="distill", metavar="HxW")
+    )
     teacher_backbone: str = Field("", **_flag("Backbone teacher weights file (DINOv3 / ViT-Tiny).", group="distill"))
     teacher_backbone_arch: str = Field("", **_flag("Backbone teacher architecture.", group="distill"))
-    distill_kl: float = Field(0.0, ge=0.0, **_flag("Weight of the KL distillation term.", group="distill"))
-    distill_box_l1: float = Field(0.0, ge=0.0, **_flag("Weight of the box-L1 distillation term.", group="distill"))
-    distill_temperature: float = Field(1.0, gt=0.0, **_flag("Distillation temperature.", group="distill"))
-    distill_cosine: bool = Field(False, **_flag("Cosine ramp of the distillation weights.", group="distill"))
+    distill_kl: float = Field(0.0, ge=0.0, **_flag("Weight of KL(teacher || student) on per-query class "
+                                                   "distributions.", group="distill"))
+    distill_box_l1: float = Field(0.0, ge=0.0, **_flag("Weight of the L1 between student and teacher boxes.",
+                                                       group="distill"))
+    distill_temperature: float = Field(1.0, gt=0.0, **_flag("Distillation temperature T (KL at T, scaled by T^2).",
+                                                            group="distill"))
+    distill_cosine: bool = Field(False, **_flag("Ramp the distillation weights from 0 along a cosine over training.",
+                                                group="distill"))
+    distill_query_match: Literal["hungarian", "index"] = Field(
+        "hungarian", **_flag("Pair student and teacher queries by a one-to-one match of their predictions, or by "
+                             "index (the original; needs equal query counts).", group="distill")
+    )
     distill_feat: float = Field(0.0, ge=0.0, **_flag("Weight of the feature distillation term.", group="distill"))
     # --- provenance (not a flag) ---------------------------------------------------------------
     preset: str = Field("", **_flag("Preset this config was built from (informational).", group="run", cli=False))
 
     # ---- parsing of the original tool's string forms -------------------------------------------
-    @field_validator("img_size", mode="before")
+    @field_validator("img_size", "teacher_img_size", mode="before")
     @classmethod
     def _parse_img_size(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -154,9 +187,11 @@ class RunConfig(BaseModel):
             return (value, value)
         return value
 
-    @field_validator("img_size")
+    @field_validator("img_size", "teacher_img_size")
     @classmethod
-    def _check_img_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+    def _check_img_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is None:
+            return value
         if min(value) < 16 or max(value) > 4096:
             raise ValueError(f"img_size sides must be within 16..4096, got {value[0]}x{value[1]}")
         return value
@@ -222,20 +257,8 @@ DEFAULT_HEAD_BY_ARCH = {"cnn": "centernet", "transformer": "detr"}
 # Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
 # silent no-op. Entries leave this table as their feature lands.
 PENDING_FEATURES: dict[str, str] = {
-    "num_queries": "the transformer detector",
-    "d_model": "the transformer detector",
-    "heads": "the transformer detector",
-    "layers": "the transformer detector",
-    "dim_feedforward": "the transformer detector",
-    "use_fpn": "the transformer detector",
-    **{
-        name: "distillation"
-        for name in (
-            "teacher_ckpt teacher_arch teacher_num_queries teacher_d_model teacher_heads teacher_layers "
-            "teacher_dim_feedforward teacher_use_skip teacher_activation teacher_use_fpn teacher_backbone "
-            "teacher_backbone_arch distill_kl distill_box_l1 distill_temperature distill_cosine distill_feat"
-        ).split()
-    },
+    name: "backbone feature distillation"
+    for name in ("teacher_backbone", "teacher_backbone_arch", "distill_feat")
 }
 
 
@@ -251,6 +274,20 @@ def check_implemented(cfg: RunConfig) -> None:
             raise ConfigError(f"{flag_name(name)} needs {feature}, which is not implemented yet")
     if cfg.use_anchor and not cfg.anchors and not cfg.auto_anchors:
         raise ConfigError("--use-anchor needs anchors: pass --anchors 'w,h w,h ...' or --auto-anchors")
+    if cfg.resume and cfg.ckpt:
+        raise ConfigError("--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts a new one "
+                          "from a checkpoint's weights")
+    if cfg.ckpt_non_strict and not cfg.ckpt:
+        raise ConfigError("--ckpt-non-strict needs --ckpt PATH (the checkpoint to initialise from)")
+    if (cfg.distill_kl > 0 or cfg.distill_box_l1 > 0) and not cfg.teacher_ckpt:
+        raise ConfigError("--distill-kl / --distill-box-l1 need --teacher-ckpt PATH (a transformer checkpoint)")
+    if cfg.teacher_ckpt and cfg.arch != "transformer":
+        raise ConfigError("--teacher-ckpt distils a transformer teacher into a transformer student; "
+                          "use --arch transformer")
+    if cfg.arch == "transformer" and cfg.use_anchor:
+        raise ConfigError("--use-anchor is a CNN head; --arch transformer has its own set-prediction head")
+    if cfg.arch == "transformer" and (cfg.d_model % 4 or cfg.d_model % cfg.heads):
+        raise ConfigError(f"--d-model {cfg.d_model} must be divisible by 4 and by --heads {cfg.heads}")
 
 
 # ------------------------------------------------------------------------------------------------

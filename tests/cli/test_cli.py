@@ -71,9 +71,8 @@ def test_unknown_preset_is_one_line(runner, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "flag"), [
-    (["--distill-kl", "1.0"], "--distill-kl"),
-    (["--teacher-ckpt", "t.pt"], "--teacher-ckpt"),
-    (["--num-queries", "20"], "--num-queries"),
+    (["--distill-feat", "1.0"], "--distill-feat"),
+    (["--teacher-backbone", "t.pth"], "--teacher-backbone"),
 ])
 def test_pending_feature_is_one_line_naming_the_flag(runner, tmp_path, tiny_yolo_dir, args, flag):
     runs = tmp_path / "runs"
@@ -82,6 +81,19 @@ def test_pending_feature_is_one_line_naming_the_flag(runner, tmp_path, tiny_yolo
     line = _one_error_line(result)
     assert flag in line and "not implemented yet" in line
     assert not runs.exists(), "a rejected config must not create a run dir"
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["--arch", "transformer", "--distill-kl", "1.0"], "need --teacher-ckpt"),
+    (["--preset", "transformer_grow"], "--ckpt-non-strict needs --ckpt"),
+    (["--arch", "transformer", "--teacher-ckpt", "missing.pt", "--distill-kl", "1"], "missing.pt does not exist"),
+    (["--arch", "transformer", "--d-model", "66"], "divisible by 4"),
+])
+def test_transformer_recipe_mistakes_are_one_line(runner, tmp_path, tiny_yolo_dir, args, expect):
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--image-dir", str(tiny_yolo_dir), "--runs-dir", str(runs), *args])
+    assert result.exit_code == 2, result.output
+    assert expect in _one_error_line(result)
 
 
 def test_anchor_head_without_anchors_is_one_line(runner, tmp_path, tiny_yolo_dir):

@@ -29,12 +29,12 @@ def _cli_annotation(annotation: Any) -> Any:
         return Optional[str]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return Optional[inner[0]]
+        return _cli_annotation(inner[0])
     return Optional[annotation]
 
 
 def _default_text(name: str, default: Any) -> str:
-    if name == "img_size":
+    if name in ("img_size", "teacher_img_size") and default:
         return f"{default[0]}x{default[1]}"
     if name == "classes":
         return ",".join(map(str, default))
@@ -54,7 +54,8 @@ def _generated_parameters() -> list[inspect.Parameter]:
         if not extra.get("cli", True):
             continue
         flag = "--" + name.replace("_", "-")
-        decl = f"{flag}/--no-{flag[2:]}" if field.annotation is bool else flag
+        is_bool = field.annotation is bool or field.annotation == (bool | None)
+        decl = f"{flag}/--no-{flag[2:]}" if is_bool else flag
         option = typer.Option(None, decl, help=field.description, show_default=_default_text(name, field.default),
                               metavar=extra.get("metavar"), rich_help_panel=_PANELS.get(extra.get("group")))
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -81,3 +82,24 @@ _preset = inspect.Parameter(
 )
 train.__signature__ = inspect.Signature([_preset, *_generated_parameters()])  # type: ignore[attr-defined]
 train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+
+
+def flag_table_markdown() -> str:
+    """The README's flag table (``make readme-flags`` writes it; tests/test_readme.py checks it)."""
+    from uhd_core.config import PENDING_FEATURES
+
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for name, field in RunConfig.model_fields.items():
+        if not (field.json_schema_extra or {}).get("cli", True):
+            continue
+        note = " *(not implemented yet)*" if name in PENDING_FEATURES else ""
+        rows.append(f"| `--{name.replace('_', '-')}` | `{_default_text(name, field.default)}` | "
+                    f"{field.description}{note} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_readme_flag_table(readme: str) -> str:
+    """``readme`` with the table under '## Flags of `uhd train`' replaced by flag_table_markdown()."""
+    start = readme.index("| flag | default | meaning |")
+    end = readme.index("\n\n", start) + 1
+    return readme[:start] + flag_table_markdown() + readme[end:]

@@ -179,25 +179,35 @@ class CachedDetectionDataset(Dataset):
 
     Indexed by ``(index, epoch)`` pairs (see EpochShuffleSampler) so augmentation randomness is a
     pure function of (seed, epoch, index): identical across worker counts and after resume.
+
+    With ``student_size`` set (distillation from a teacher with a larger input), ``images`` hold the
+    teacher's size; each sample is augmented once at that size and items gain a fourth entry: the
+    same augmented image for the teacher, while the first entry is it resized to ``student_size``
+    (with ``interpolation``). Normalized boxes fit both renditions unchanged.
     """
 
     def __init__(self, images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray],
-                 augment: AugmentFn | None = None, seed: int = 0) -> None:
+                 augment: AugmentFn | None = None, seed: int = 0, student_size: tuple[int, int] | None = None,
+                 interpolation: str = "area") -> None:
         self.images = images
         self.boxes = boxes
         self.labels = labels
         self.augment = augment
         self.seed = seed
+        self.student_size = student_size
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, ...]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         image, boxes, labels = self.images[index], self.boxes[index], self.labels[index]
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, epoch, index))
             image, boxes, labels = self.augment(image, boxes, labels, rng)
+        if self.student_size is not None:
+            return resize_image(image, self.student_size, self.interpolation), boxes, labels, image
         return image, boxes, labels
 
 
@@ -228,29 +238,37 @@ class EpochShuffleSampler(Sampler):
 @dataclass
 class Batch:
     """``images`` (B, 3, H, W) uint8 RGB; ``boxes`` (B, M, 4) float32 cxcywh normalized;
-    ``labels`` (B, M) int64 with -1 marking padding (M >= 1)."""
+    ``labels`` (B, M) int64 with -1 marking padding (M >= 1); ``teacher_images`` (B, 3, Ht, Wt)
+    uint8, the same augmented samples at a distillation teacher's input size (None otherwise)."""
 
     images: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
+    teacher_images: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
-        return Batch(self.images.pin_memory(), self.boxes.pin_memory(), self.labels.pin_memory())
+        teacher = self.teacher_images.pin_memory() if self.teacher_images is not None else None
+        return Batch(self.images.pin_memory(), self.boxes.pin_memory(), self.labels.pin_memory(), teacher)
 
     @property
     def valid(self) -> torch.Tensor:
         return self.labels >= 0
 
 
-def collate_detection(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Batch:
-    images = torch.from_numpy(np.stack([it[0] for it in items])).permute(0, 3, 1, 2).contiguous()
+def _stack_images(images: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def collate_detection(items: Sequence[tuple[np.ndarray, ...]]) -> Batch:
+    """Items of CachedDetectionDataset -> Batch (boxes padded to the batch's largest count)."""
     max_boxes = max(1, max(len(it[1]) for it in items))
     boxes = np.zeros((len(items), max_boxes, 4), dtype=np.float32)
     labels = np.full((len(items), max_boxes), -1, dtype=np.int64)
-    for i, (_, b, lab) in enumerate(items):
+    for i, (_, b, lab, *_rest) in enumerate(items):
         boxes[i, : len(b)] = b
         labels[i, : len(lab)] = lab
-    return Batch(images, torch.from_numpy(boxes), torch.from_numpy(labels))
+    teacher = _stack_images([it[3] for it in items]) if len(items[0]) > 3 else None
+    return Batch(_stack_images([it[0] for it in items]), torch.from_numpy(boxes), torch.from_numpy(labels), teacher)
 
 
 def images_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -63,6 +63,19 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
+class WeightsLoaded(Event):
+    """--ckpt initialised the model: which tensors came from the checkpoint and which did not."""
+
+    path: str
+    strict: bool
+    loaded: int  # tensors copied from the checkpoint
+    total: int  # tensors in the model's state_dict
+    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint (start fresh)
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model (ignored)
+    mismatched: list[str] = field(default_factory=list)  # "name: ckpt (shape) vs model (shape)" (start fresh)
+
+
+@dataclass(frozen=True)
 class StepEnded(Event):
     epoch: int
     step: int  # 1-based within the epoch
@@ -174,6 +187,14 @@ def format_event_line(event: Event) -> str | None:
                 f"{event.img_size[0]}x{event.img_size[1]}, device {event.device}, epochs "
                 f"{event.start_epoch}..{event.epochs}, {event.steps_per_epoch} steps/epoch, run dir {event.run_dir}"
                 + (f", resumed from {event.resumed_from}" if event.resumed_from else ""))
+    if isinstance(event, WeightsLoaded):
+        lines = [f"initialised from {event.path}: {event.loaded}/{event.total} tensors loaded, "
+                 f"{len(event.missing)} missing, {len(event.unexpected)} unexpected, "
+                 f"{len(event.mismatched)} shape-mismatched"]
+        for title, names in (("missing (fresh)", event.missing), ("unexpected (ignored)", event.unexpected),
+                             ("shape-mismatched (fresh)", event.mismatched)):
+            lines += [f"  {title}: {name}" for name in names]
+        return "\n".join(lines)
     if isinstance(event, StepEnded):
         terms = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
         return (f"epoch {event.epoch} step {event.step}/{event.steps_per_epoch} {terms} "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -28,7 +29,14 @@ from uhd_core.data.dataset import (
     scan_yolo_folder,
     split_files,
 )
-from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint, prune_checkpoints, save_checkpoint
+from uhd_core.distill.base import Distiller, cosine_ramp
+from uhd_core.distill.factory import build_distiller
+from uhd_core.engine.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from uhd_core.engine.ema import ModelEMA
 from uhd_core.engine.evaluate import evaluate_detector
 from uhd_core.engine.events import (
@@ -42,9 +50,16 @@ from uhd_core.engine.events import (
     RunFinished,
     RunStarted,
     StepEnded,
+    WeightsLoaded,
 )
 from uhd_core.engine.render import write_renders
-from uhd_core.errors import CheckpointError, ConfigError, DataError, RunDirError, UhdError
+from uhd_core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    RunDirError,
+    UhdError,
+)
 from uhd_core.models.detector import Detector, build_detector, count_parameters
 from uhd_core.models.registry import BACKBONES
 
@@ -106,7 +121,8 @@ def make_run_config(preset: str | None, overrides: dict[str, Any]) -> tuple[RunC
         return build_config(preset, overrides), None, None
     path = find_resume_checkpoint(resume)
     ckpt = load_checkpoint(path)
-    base = dict(ckpt["config"])
+    # The stored --ckpt only initialised that run; resuming continues from the resume checkpoint.
+    base = {**ckpt["config"], "ckpt": "", "ckpt_non_strict": False}
     cfg = build_config(preset, {**overrides, "resume": str(path)}, base=base)
     return cfg, ckpt, path
 
@@ -155,7 +171,11 @@ class Trainer:
         return run_dir
 
     # -- data -----------------------------------------------------------------------------------
-    def _prepare_data(self) -> tuple[CachedDetectionDataset, CachedDetectionDataset]:
+    def _prepare_data(self, teacher_size: tuple[int, int] | None = None
+                      ) -> tuple[CachedDetectionDataset, CachedDetectionDataset]:
+        """Train and val sets at --img-size. With a ``teacher_size`` that differs, the training images are
+        (also) decoded at that size and every training item carries both renditions (see
+        CachedDetectionDataset); validation stays student-only."""
         cfg = self.cfg
         index = scan_yolo_folder(Path(cfg.image_dir), cfg.classes)
         if len(index) == 0:
@@ -195,11 +215,12 @@ class Trainer:
         if not train_files:
             raise DataError(f"--image-dir {cfg.image_dir}: no training image could be decoded")
 
-        def subset(files: list[str], augment) -> CachedDetectionDataset:
+        def subset(files: list[str], augment, images: np.ndarray, student_size=None) -> CachedDetectionDataset:
             rows = [row[f] for f in files]
             return CachedDetectionDataset(
-                decoded.images[rows], [index.boxes[position[f]] for f in files],
+                images[rows], [index.boxes[position[f]] for f in files],
                 [index.labels[position[f]] for f in files], augment=augment, seed=cfg.seed,
+                student_size=student_size, interpolation=cfg.resize_interpolation,
             )
 
         try:
@@ -208,7 +229,13 @@ class Trainer:
             raise ConfigError(f"--aug-config: {exc}") from None
         except (ValueError, NotImplementedError) as exc:
             raise ConfigError(f"--aug-config {cfg.aug_config}: {exc}") from None
-        return subset(train_files, augment), subset(val_files, None)
+        val_set = subset(val_files, None, decoded.images)
+        if teacher_size is None or tuple(teacher_size) == tuple(cfg.img_size):
+            return subset(train_files, augment, decoded.images), val_set
+        # The teacher sees each augmented sample at its own (larger) size: augment there, resize down
+        # for the student. Train images only; decode failures are the same at any size.
+        large = decode_all(index.root, used, teacher_size, cfg.resize_interpolation, cache_dir)
+        return subset(train_files, augment, large.images, student_size=cfg.img_size), val_set
 
     def _loaders(self, train_set, val_set, device: torch.device) -> tuple[DataLoader, EpochShuffleSampler, DataLoader]:
         cfg = self.cfg
@@ -241,20 +268,28 @@ class Trainer:
 
     # -- model state ----------------------------------------------------------------------------
     def _init_weights_from(self, model: Detector, path: str) -> None:
+        """--ckpt: copy the checkpoint's weights (EMA when present) into the new model.
+
+        Strict: any missing, unexpected or shape-mismatched tensor is an error that lists them.
+        --ckpt-non-strict: copy every tensor whose name and shape match, report the rest (WeightsLoaded).
+        """
         ckpt = load_checkpoint(path)
         state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
-        if self.cfg.ckpt_non_strict:
-            own = model.state_dict()
-            state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-            model.load_state_dict(state, strict=False)
-            return
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"--ckpt {path} does not match this model ({str(exc).splitlines()[0]}); "
-                "use --ckpt-non-strict to load the matching tensors only"
-            ) from None
+        own = model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                      for k in own if k in state and state[k].shape != own[k].shape]
+        if (missing or unexpected or mismatched) and not self.cfg.ckpt_non_strict:
+            parts = [f"{title} {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                     for title, names in (("missing", missing), ("unexpected", unexpected),
+                                          ("shape-mismatched", mismatched)) if names]
+            raise CheckpointError(f"--ckpt {path} does not match this model: {'; '.join(parts)}; "
+                                  "use --ckpt-non-strict to load the matching tensors only")
+        matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(matching, strict=False)
+        self.bus.emit(WeightsLoaded(str(path), not self.cfg.ckpt_non_strict, len(matching), len(own),
+                                    missing, unexpected, mismatched))
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -271,9 +306,11 @@ class Trainer:
         cfg = self.cfg
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        train_set, val_set = self._prepare_data()
+        distiller: Distiller | None = build_distiller(cfg, device)  # first: its input size shapes the data
+        train_set, val_set = self._prepare_data(distiller.teacher_img_size if distiller is not None else None)
         train_loader, sampler, val_loader = self._loaders(train_set, val_set, device)
         steps_per_epoch = len(train_loader)
+        total_steps = max(1, cfg.epochs * steps_per_epoch)
         if cfg.use_anchor and not cfg.anchors:
             cfg = self.cfg = self._fit_anchors(train_set)
 
@@ -319,7 +356,7 @@ class Trainer:
             run_dir=str(self.run_dir), exp_name=cfg.exp_name, preset=cfg.preset, arch=cfg.arch, head=cfg.head_name,
             params=count_parameters(model), img_size=list(cfg.img_size), device=str(device),
             num_train=len(train_set), num_val=len(val_set), epochs=cfg.epochs, start_epoch=start_epoch,
-            steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size, loss_terms=["loss", *model.head.loss_terms],
+            steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size, loss_terms=["loss", *model.head.loss_terms, *(distiller.loss_terms if distiller else ())],
             resumed_from=str(self.resume_path or ""),
         ))
 
@@ -342,6 +379,12 @@ class Trainer:
                     outputs = model(x)
                 targets = model.head.build_targets(boxes, labels, model.head.output_hw(outputs))
                 losses = model.head.loss(outputs, targets)
+                if distiller is not None:
+                    teacher_x = x if batch.teacher_images is None else images_to_input(batch.teacher_images, device)
+                    scale = cosine_ramp(global_step / total_steps) if cfg.distill_cosine else 1.0
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        distill_loss, distill_terms = distiller(outputs, teacher_x, scale)
+                    losses = {**losses, **distill_terms, "loss": losses["loss"] + distill_loss}
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

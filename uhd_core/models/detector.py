@@ -7,7 +7,9 @@ from torch import nn
 
 import uhd_core.heads.anchor  # noqa: F401  (registers the head)
 import uhd_core.heads.centernet  # noqa: F401  (registers the head)
+import uhd_core.heads.detr  # noqa: F401  (registers the head)
 import uhd_core.models.cnn  # noqa: F401  (registers the backbone)
+import uhd_core.models.transformer  # noqa: F401  (registers the backbone)
 from uhd_core.config import RunConfig
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.models.registry import BACKBONES
