@@ -277,7 +277,7 @@ def check_implemented(cfg: RunConfig) -> None:
     if cfg.resume and cfg.ckpt:
         raise ConfigError("--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts a new one "
                           "from a checkpoint's weights")
-    if cfg.ckpt_non_strict and not cfg.ckpt:
+    if cfg.ckpt_non_strict and not cfg.ckpt and not cfg.resume:
         raise ConfigError("--ckpt-non-strict needs --ckpt PATH (the checkpoint to initialise from)")
     if (cfg.distill_kl > 0 or cfg.distill_box_l1 > 0) and not cfg.teacher_ckpt:
         raise ConfigError("--distill-kl / --distill-box-l1 need --teacher-ckpt PATH (a transformer checkpoint)")

@@ -86,7 +86,8 @@ def test_pending_feature_is_one_line_naming_the_flag(runner, tmp_path, tiny_yolo
 @pytest.mark.parametrize(("args", "expect"), [
     (["--arch", "transformer", "--distill-kl", "1.0"], "need --teacher-ckpt"),
     (["--preset", "transformer_grow"], "--ckpt-non-strict needs --ckpt"),
-    (["--arch", "transformer", "--teacher-ckpt", "missing.pt", "--distill-kl", "1"], "missing.pt does not exist"),
+    (["--arch", "transformer", "--teacher-ckpt", "missing.pt", "--distill-kl", "1"], "missing.pt: no such checkpoint"),
+    (["--ckpt", "nothing.pt"], "--ckpt nothing.pt: no such checkpoint"),
     (["--arch", "transformer", "--d-model", "66"], "divisible by 4"),
 ])
 def test_transformer_recipe_mistakes_are_one_line(runner, tmp_path, tiny_yolo_dir, args, expect):
@@ -94,6 +95,7 @@ def test_transformer_recipe_mistakes_are_one_line(runner, tmp_path, tiny_yolo_di
     result = runner.invoke(app, ["train", "--image-dir", str(tiny_yolo_dir), "--runs-dir", str(runs), *args])
     assert result.exit_code == 2, result.output
     assert expect in _one_error_line(result)
+    assert not runs.exists(), "a rejected config must not create a run dir"
 
 
 def test_anchor_head_without_anchors_is_one_line(runner, tmp_path, tiny_yolo_dir):

@@ -65,6 +65,10 @@ def test_grow_three_layers_to_four_reports_exactly_the_new_layers(three_layer_ru
     # the text form (train.log) names the missing keys too
     log = (grown.run_dir / "train.log").read_text()
     assert "missing (fresh): backbone.encoder.3." in log
+    # the same command with --resume instead of --ckpt continues the grown run (the stored --ckpt is history)
+    resumed = run_training("transformer_grow", {**small, "runs_dir": str(tmp_path), "epochs": 2,
+                                                "resume": str(grown.run_dir)}, tensorboard=False)
+    assert resumed.epochs_done == 2 and resumed.run_dir == grown.run_dir
 
 
 def test_grow_without_non_strict_is_an_error_listing_keys(three_layer_run, tmp_path):

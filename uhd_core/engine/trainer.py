@@ -31,12 +31,7 @@ from uhd_core.data.dataset import (
 )
 from uhd_core.distill.base import Distiller, cosine_ramp
 from uhd_core.distill.factory import build_distiller
-from uhd_core.engine.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint, prune_checkpoints, save_checkpoint
 from uhd_core.engine.ema import ModelEMA
 from uhd_core.engine.evaluate import evaluate_detector
 from uhd_core.engine.events import (
@@ -53,13 +48,7 @@ from uhd_core.engine.events import (
     WeightsLoaded,
 )
 from uhd_core.engine.render import write_renders
-from uhd_core.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    RunDirError,
-    UhdError,
-)
+from uhd_core.errors import CheckpointError, ConfigError, DataError, RunDirError, UhdError
 from uhd_core.models.detector import Detector, build_detector, count_parameters
 from uhd_core.models.registry import BACKBONES
 
@@ -142,6 +131,9 @@ class Trainer:
         if cfg.arch not in BACKBONES:
             raise ConfigError(f"--arch {cfg.arch} is not implemented yet (available: {', '.join(BACKBONES.names())})")
         require_image_dir(cfg.image_dir)  # before any run dir is made for a run that cannot start
+        for flag, path in (("--ckpt", cfg.ckpt), ("--teacher-ckpt", cfg.teacher_ckpt)):
+            if path and not Path(path).expanduser().is_file():
+                raise CheckpointError(f"{flag} {path}: no such checkpoint file")
         self.cfg = cfg
         self.bus = bus or EventBus()
         self.resume_checkpoint = resume_checkpoint
