@@ -126,9 +126,6 @@ class RunConfig(BaseModel):
         "s2-s2-s4-s8", **_flag("Transformer --use-fpn token maps by stride: the original's s2-s2-s4-s8 (2,368 tokens "
                                "at 64x64) or s4-s8-s16 (336 tokens).", group="transformer")
     )
-    detr_matcher: Literal["hungarian", "greedy"] = Field(
-        "hungarian", **_flag("Transformer: query-to-target assignment (greedy = the original's).", group="transformer")
-    )
     detr_cls_weight: float = Field(1.0, ge=0.0, **_flag("Transformer: class weight in matching cost and loss.",
                                                         group="transformer"))
     detr_l1_weight: float = Field(5.0, ge=0.0, **_flag("Transformer: box-L1 weight in matching cost and loss.",

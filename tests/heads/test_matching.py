@@ -1,4 +1,4 @@
-"""Hungarian assignment against brute force, greedy semantics, and the batched cost matrix."""
+"""Hungarian assignment against brute force, padding and empty images, and the batched cost matrix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from uhd_core.heads.box_iou import bbox_iou
-from uhd_core.heads.matching import _greedy_assignment, match_queries, pairwise_match_cost
+from uhd_core.heads.matching import match_queries, pairwise_match_cost
 
 
 def _brute_force_min_cost(cost: np.ndarray) -> float:
@@ -25,20 +25,11 @@ def test_hungarian_equals_brute_force_on_random_matrices(seed):
     rng = np.random.default_rng(seed)
     q, m = rng.integers(1, 6, size=2)
     cost = rng.normal(size=(1, q, m)).astype(np.float32)
-    b, qi, ti = match_queries(torch.from_numpy(cost), torch.ones(1, m, dtype=torch.bool), "hungarian")
+    b, qi, ti = match_queries(torch.from_numpy(cost), torch.ones(1, m, dtype=torch.bool))
     assert len(b) == min(q, m)
     assert len(set(qi.tolist())) == len(qi) and len(set(ti.tolist())) == len(ti)  # one-to-one
     total = float(cost[0, qi.numpy(), ti.numpy()].sum())
     assert total == pytest.approx(_brute_force_min_cost(cost[0]), abs=1e-5)
-
-
-def test_greedy_can_be_worse_than_hungarian():
-    # greedy takes the 0.0 first, then must pay 10; the optimum pays 1 + 1
-    cost = np.array([[0.0, 1.0], [1.0, 10.0]], dtype=np.float32)
-    rows, cols = _greedy_assignment(cost)
-    assert cost[rows, cols].sum() == pytest.approx(10.0)
-    b, qi, ti = match_queries(torch.from_numpy(cost)[None], torch.ones(1, 2, dtype=torch.bool), "hungarian")
-    assert cost[qi.numpy(), ti.numpy()].sum() == pytest.approx(2.0)
 
 
 def test_padding_columns_and_empty_images_are_skipped():

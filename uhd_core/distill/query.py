@@ -106,7 +106,7 @@ class QueryDistiller(Distiller):
             giou = bbox_iou(s_boxes[:, :, None, :], t_boxes[:, None, :, :], "giou")
             cost = class_tv + 5.0 * l1 + 2.0 * (1.0 - giou)
         valid = torch.ones(t_prob.shape[:2], dtype=torch.bool, device=t_prob.device)
-        return match_queries(cost, valid, "hungarian")
+        return match_queries(cost, valid)
 
     def forward(self, student_outputs: dict[str, torch.Tensor], teacher_images: torch.Tensor,
                 scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

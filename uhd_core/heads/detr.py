@@ -37,8 +37,7 @@ class DetrHead(DetectorHead):
     loss_terms = ("cls", "l1", "iou")
 
     def __init__(self, in_channels: int, num_classes: int, *, cls_weight: float = 1.0, l1_weight: float = 5.0,
-                 iou_weight: float = 2.0, no_object_weight: float = 0.1, iou_kind: str = "giou",
-                 matcher: str = "hungarian") -> None:
+                 iou_weight: float = 2.0, no_object_weight: float = 0.1, iou_kind: str = "giou") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.class_embed = nn.Linear(in_channels, num_classes + 1)
@@ -48,7 +47,6 @@ class DetrHead(DetectorHead):
         )
         self.cls_weight, self.l1_weight, self.iou_weight = cls_weight, l1_weight, iou_weight
         self.iou_kind = iou_kind
-        self.matcher = matcher
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = no_object_weight
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -57,7 +55,7 @@ class DetrHead(DetectorHead):
     def from_config(cls, cfg: RunConfig, in_channels: int) -> DetrHead:
         return cls(in_channels, cfg.num_classes, cls_weight=cfg.detr_cls_weight, l1_weight=cfg.detr_l1_weight,
                    iou_weight=cfg.detr_iou_weight, no_object_weight=cfg.detr_no_object_weight,
-                   iou_kind=cfg.iou_loss, matcher=cfg.detr_matcher)
+                   iou_kind=cfg.iou_loss)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.class_embed(features), "boxes": self.bbox_embed(features).sigmoid()}
@@ -77,7 +75,7 @@ class DetrHead(DetectorHead):
             cost = pairwise_match_cost(prob, outputs["boxes"].float(), gt_boxes, gt_labels,
                                        cls_weight=self.cls_weight, l1_weight=self.l1_weight,
                                        iou_weight=self.iou_weight, iou_kind=self.iou_kind)
-        return match_queries(cost, gt_labels >= 0, self.matcher)
+        return match_queries(cost, gt_labels >= 0)
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = outputs["logits"].float()

@@ -2,22 +2,18 @@
 
 Cost matrices are built for the whole batch with tensor ops (``pairwise_match_cost``); only the
 assignment itself runs per image, on the CPU, with scipy's ``linear_sum_assignment`` (the
-Jonker-Volgenant solver for rectangular problems). The original tool matched greedily; greedy is
-kept as an option (``--detr-matcher greedy``) so the two can be compared.
+Jonker-Volgenant solver for rectangular problems). The original tool matched greedily (cheapest
+pair first); measured on the dev data that was no better (same best mAP@0.5 at 30 epochs, 0.040 vs
+0.054 over the last five evaluations, docs/measurements.md), so only the optimal assignment is kept.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from uhd_core.heads.box_iou import IouKind, bbox_iou
-
-MatcherKind = Literal["hungarian", "greedy"]
-
 
 def pairwise_match_cost(class_prob: torch.Tensor, pred_boxes: torch.Tensor, gt_boxes: torch.Tensor,
                         gt_labels: torch.Tensor, *, cls_weight: float, l1_weight: float, iou_weight: float,
@@ -36,26 +32,7 @@ def pairwise_match_cost(class_prob: torch.Tensor, pred_boxes: torch.Tensor, gt_b
     return -cls_weight * prob_of_label.float() + l1_weight * l1 + iou_weight * (1.0 - iou)
 
 
-def _greedy_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Repeatedly take the cheapest remaining (row, col) pair; rows and cols used at most once."""
-    rows, cols = [], []
-    used_r, used_c = set(), set()
-    for flat in np.argsort(cost, axis=None, kind="stable"):
-        r, c = divmod(int(flat), cost.shape[1])
-        if r in used_r or c in used_c:
-            continue
-        rows.append(r)
-        cols.append(c)
-        used_r.add(r)
-        used_c.add(c)
-        if len(rows) == min(cost.shape):
-            break
-    order = np.argsort(rows)
-    return np.asarray(rows, dtype=np.int64)[order], np.asarray(cols, dtype=np.int64)[order]
-
-
-def match_queries(cost: torch.Tensor, valid: torch.Tensor, kind: MatcherKind = "hungarian"
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def match_queries(cost: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assign targets to queries one-to-one, image by image.
 
     cost (B, Q, M), valid (B, M) bool. Returns flat index tensors (batch_idx, query_idx, target_idx)
@@ -64,13 +41,12 @@ def match_queries(cost: torch.Tensor, valid: torch.Tensor, kind: MatcherKind = "
     """
     cost_np = cost.detach().float().cpu().numpy()
     valid_np = valid.cpu().numpy()
-    solve = linear_sum_assignment if kind == "hungarian" else _greedy_assignment
     batch_idx, query_idx, target_idx = [], [], []
     for b in range(cost_np.shape[0]):
         cols = np.flatnonzero(valid_np[b])
         if len(cols) == 0:
             continue
-        rows, matched = solve(cost_np[b][:, cols])
+        rows, matched = linear_sum_assignment(cost_np[b][:, cols])
         batch_idx.append(np.full(len(rows), b, dtype=np.int64))
         query_idx.append(np.asarray(rows, dtype=np.int64))
         target_idx.append(cols[matched])
