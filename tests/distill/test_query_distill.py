@@ -33,7 +33,7 @@ def test_terms_are_zero_when_student_equals_teacher(match):
     teacher = _model(0)
     student = _model(0).eval()
     x = torch.rand(3, 3, 64, 64)
-    total, terms = _distiller(teacher, match)(student(x), x, 1.0)
+    total, terms = _distiller(teacher, match)(student(x), None, x, 1.0)
     assert float(terms["distill_kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(terms["distill_box_l1"]) == pytest.approx(0.0, abs=1e-6)
     assert float(total.detach()) == pytest.approx(0.0, abs=1e-6)
@@ -43,7 +43,7 @@ def test_kl_is_positive_and_scaled_by_t_squared_when_models_differ():
     teacher, student = _model(0), _model(1).eval()
     x = torch.rand(2, 3, 64, 64)
     out = student(x)
-    _, t1 = _distiller(teacher, "index", temperature=1.0)(out, x, 1.0)
+    _, t1 = _distiller(teacher, "index", temperature=1.0)(out, None, x, 1.0)
     assert float(t1["distill_kl"]) > 0
     # manual KL(teacher || student) at T=1 on index pairs, mean over queries
     t_out = teacher(x)
@@ -57,7 +57,7 @@ def test_box_l1_term_sends_gradient_into_the_student():
     """The original computed this term on a detached student; here it must train the student."""
     teacher, student = _model(0), _model(1)
     x = torch.rand(2, 3, 64, 64)
-    total, terms = _distiller(teacher, kl=0.0, box=1.0)(student(x), x, 1.0)
+    total, terms = _distiller(teacher, kl=0.0, box=1.0)(student(x), None, x, 1.0)
     assert float(terms["distill_box_l1"]) > 0
     total.backward()
     box_grads = [p.grad for p in student.head.bbox_embed.parameters()]
@@ -69,9 +69,9 @@ def test_scale_multiplies_the_added_loss():
     teacher, student = _model(0), _model(1).eval()
     x = torch.rand(2, 3, 64, 64)
     out = student(x)
-    full, _ = _distiller(teacher)(out, x, 1.0)
-    half, _ = _distiller(teacher)(out, x, 0.5)
-    zero, _ = _distiller(teacher)(out, x, 0.0)
+    full, _ = _distiller(teacher)(out, None, x, 1.0)
+    half, _ = _distiller(teacher)(out, None, x, 0.5)
+    zero, _ = _distiller(teacher)(out, None, x, 0.0)
     assert float(half) == pytest.approx(0.5 * float(full), rel=1e-5) and float(zero) == 0.0
 
 
@@ -84,8 +84,8 @@ def test_hungarian_pairing_undoes_a_query_permutation():
         student.backbone.query_embed.copy_(teacher.backbone.query_embed[[2, 0, 3, 1]])
     x = torch.rand(2, 3, 64, 64)
     out = student(x)
-    _, matched = _distiller(teacher, "hungarian")(out, x, 1.0)
-    _, by_index = _distiller(teacher, "index")(out, x, 1.0)
+    _, matched = _distiller(teacher, "hungarian")(out, None, x, 1.0)
+    _, by_index = _distiller(teacher, "index")(out, None, x, 1.0)
     # matched pairs are the same computation (float noise only); index pairs are different queries
     assert float(matched["distill_box_l1"]) < 1e-7 and float(matched["distill_kl"]) < 1e-7
     assert float(by_index["distill_box_l1"]) > 1e-5
@@ -95,7 +95,7 @@ def test_teacher_with_other_query_count():
     teacher = _model(0, num_queries=6)
     student = _model(1, num_queries=4).eval()
     x = torch.rand(2, 3, 64, 64)
-    total, terms = _distiller(teacher, "hungarian")(student(x), x, 1.0)
+    total, terms = _distiller(teacher, "hungarian")(student(x), None, x, 1.0)
     assert torch.isfinite(total)
 
 

@@ -115,9 +115,9 @@ def test_distil_teacher_batches_carry_the_teacher_size(tiny_yolo_dir, tmp_path, 
     shapes: list[tuple[int, ...]] = []
     original = query.QueryDistiller.forward
 
-    def spy(self, student_outputs, teacher_images, scale):
+    def spy(self, student_outputs, student_features, teacher_images, scale):
         shapes.append(tuple(teacher_images.shape))
-        return original(self, student_outputs, teacher_images, scale)
+        return original(self, student_outputs, student_features, teacher_images, scale)
 
     monkeypatch.setattr(query.QueryDistiller, "forward", spy)
     run_training(None, _settings(tiny_yolo_dir, tmp_path, exp_name="s64", epochs=1, distill_kl=1.0,

@@ -90,7 +90,6 @@ class QueryDistiller(Distiller):
         self.box_l1_weight = box_l1_weight
         self.temperature = temperature
         self.query_match = query_match
-        self.train(False)
 
     def pair_queries(self, s_prob: torch.Tensor, s_boxes: torch.Tensor, t_prob: torch.Tensor, t_boxes: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,8 +107,8 @@ class QueryDistiller(Distiller):
         valid = torch.ones(t_prob.shape[:2], dtype=torch.bool, device=t_prob.device)
         return match_queries(cost, valid)
 
-    def forward(self, student_outputs: dict[str, torch.Tensor], teacher_images: torch.Tensor,
-                scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, student_outputs: dict[str, torch.Tensor], student_features: torch.Tensor,
+                teacher_images: torch.Tensor, scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             t_out = self.teacher(teacher_images)
         s_logits, s_boxes = student_outputs["logits"].float(), student_outputs["boxes"].float()

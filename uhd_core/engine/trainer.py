@@ -368,14 +368,14 @@ class Trainer:
                 boxes = batch.boxes.to(device, non_blocking=True)
                 labels = batch.labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = model(x)
+                    outputs, features = model.forward_with_features(x)
                 targets = model.head.build_targets(boxes, labels, model.head.output_hw(outputs))
                 losses = model.head.loss(outputs, targets)
                 if distiller is not None:
                     teacher_x = x if batch.teacher_images is None else images_to_input(batch.teacher_images, device)
                     scale = cosine_ramp(global_step / total_steps) if cfg.distill_cosine else 1.0
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        distill_loss, distill_terms = distiller(outputs, teacher_x, scale)
+                        distill_loss, distill_terms = distiller(outputs, features, teacher_x, scale)
                     losses = {**losses, **distill_terms, "loss": losses["loss"] + distill_loss}
                 loss = losses["loss"]
                 if not torch.isfinite(loss):

@@ -26,6 +26,11 @@ class Detector(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.head(self.backbone(images))
 
+    def forward_with_features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """-> (raw outputs, the backbone's output that the head consumed) for feature distillation."""
+        features = self.backbone(images)
+        return self.head(features), features
+
 
 def build_detector(cfg: RunConfig) -> Detector:
     backbone = BACKBONES.get(cfg.arch)(cfg)
