@@ -140,6 +140,7 @@ class Trainer:
         self.resume_path = resume_path
         self._stop_requested = False
         self._save_requested = False
+        self._distiller: Distiller | None = None  # set by run(); its student side goes into checkpoints
         self.run_dir = self._prepare_run_dir()
 
     # -- control from other threads (dashboard keys, signal handlers) ---------------------------
@@ -298,7 +299,7 @@ class Trainer:
         cfg = self.cfg
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        distiller: Distiller | None = build_distiller(cfg, device)  # first: its input size shapes the data
+        distiller = self._distiller = build_distiller(cfg, device)  # first: its input size shapes the data
         train_set, val_set = self._prepare_data(distiller.teacher_img_size if distiller is not None else None)
         train_loader, sampler, val_loader = self._loaders(train_set, val_set, device)
         steps_per_epoch = len(train_loader)
@@ -309,7 +310,9 @@ class Trainer:
         model = build_detector(cfg).to(device, memory_format=torch.channels_last)
         if cfg.ckpt:
             self._init_weights_from(model, cfg.ckpt)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # A distiller's own trainable parts (e.g. a feature adapter) learn with the student.
+        trained = list(model.parameters()) + (distiller.trainable_parameters() if distiller is not None else [])
+        optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(cfg.epochs * steps_per_epoch))
         use_fp16 = cfg.use_amp and device.type == "cuda"
         amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if cfg.use_amp else None
@@ -329,6 +332,8 @@ class Trainer:
                 scaler.load_state_dict(ck["scaler"])
             if ema is not None and ck.get("ema"):
                 ema.load_state_dict(ck["ema"])
+            if distiller is not None and ck.get("distiller"):
+                distiller.load_student_side_state_dict(ck["distiller"])
             torch.set_rng_state(ck["rng"]["torch"])
             if device.type == "cuda" and ck["rng"].get("cuda"):
                 torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
@@ -386,7 +391,7 @@ class Trainer:
                 scaler.scale(loss).backward()
                 if cfg.grad_clip_norm > 0:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                    torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -461,6 +466,8 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
             "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
+            # a distiller's trained parts (e.g. a feature adapter) for resume; never the teacher, never exported
+            "distiller": self._distiller.student_side_state_dict() if self._distiller is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
