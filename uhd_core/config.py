@@ -151,8 +151,10 @@ class RunConfig(BaseModel):
         None, **_flag("Teacher input size HxW (default: the one in its checkpoint); each augmented sample is also "
                       "rendered at this size for the teacher.", group="distill", metavar="HxW")
     )
-    teacher_backbone: str = Field("", **_flag("Backbone teacher weights file (DINOv3 / ViT-Tiny).", group="distill"))
-    teacher_backbone_arch: str = Field("", **_flag("Backbone teacher architecture.", group="distill"))
+    teacher_backbone: str = Field("", **_flag("ViT teacher weights file (official DINOv3 .pth or vitt_distill.pt) for "
+                                              "feature distillation into the CNN.", group="distill"))
+    teacher_backbone_arch: str = Field("", **_flag("ViT teacher architecture: dinov3_vits16, dinov3_vitb16 or vit_tiny.",
+                                                   group="distill"))
     distill_kl: float = Field(0.0, ge=0.0, **_flag("Weight of KL(teacher || student) on per-query class "
                                                    "distributions.", group="distill"))
     distill_box_l1: float = Field(0.0, ge=0.0, **_flag("Weight of the L1 between student and teacher boxes.",
@@ -165,7 +167,12 @@ class RunConfig(BaseModel):
         "hungarian", **_flag("Pair student and teacher queries by a one-to-one match of their predictions, or by "
                              "index (the original; needs equal query counts).", group="distill")
     )
-    distill_feat: float = Field(0.0, ge=0.0, **_flag("Weight of the feature distillation term.", group="distill"))
+    distill_feat: float = Field(0.0, ge=0.0, **_flag("Weight of the feature term: student features (1x1 adapter) vs "
+                                                     "the ViT teacher's patch features.", group="distill"))
+    distill_feat_loss: Literal["l1", "cosine", "mse"] = Field(
+        "l1", **_flag("Feature term on channel-normalized features: L1 (the original's), cosine or MSE.",
+                      group="distill")
+    )
     # --- provenance (not a flag) ---------------------------------------------------------------
     preset: str = Field("", **_flag("Preset this config was built from (informational).", group="run", cli=False))
 
@@ -253,10 +260,7 @@ DEFAULT_HEAD_BY_ARCH = {"cnn": "centernet", "transformer": "detr"}
 # ------------------------------------------------------------------------------------------------
 # Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
 # silent no-op. Entries leave this table as their feature lands.
-PENDING_FEATURES: dict[str, str] = {
-    name: "backbone feature distillation"
-    for name in ("teacher_backbone", "teacher_backbone_arch", "distill_feat")
-}
+PENDING_FEATURES: dict[str, str] = {}
 
 
 def flag_name(field_name: str) -> str:
@@ -278,6 +282,14 @@ def check_implemented(cfg: RunConfig) -> None:
         raise ConfigError("--ckpt-non-strict needs --ckpt PATH (the checkpoint to initialise from)")
     if (cfg.distill_kl > 0 or cfg.distill_box_l1 > 0) and not cfg.teacher_ckpt:
         raise ConfigError("--distill-kl / --distill-box-l1 need --teacher-ckpt PATH (a transformer checkpoint)")
+    if cfg.distill_feat > 0 and not cfg.teacher_backbone:
+        raise ConfigError("--distill-feat needs --teacher-backbone PATH and --teacher-backbone-arch")
+    if cfg.teacher_backbone and not cfg.teacher_backbone_arch:
+        raise ConfigError("--teacher-backbone needs --teacher-backbone-arch (dinov3_vits16, dinov3_vitb16 or vit_tiny)")
+    if cfg.teacher_backbone and cfg.teacher_ckpt:
+        raise ConfigError("--teacher-backbone and --teacher-ckpt exclude each other: one teacher per run")
+    if cfg.teacher_backbone and cfg.arch != "cnn":
+        raise ConfigError("--teacher-backbone distils ViT features into the CNN; use --arch cnn")
     if cfg.teacher_ckpt and cfg.arch != "transformer":
         raise ConfigError("--teacher-ckpt distils a transformer teacher into a transformer student; "
                           "use --arch transformer")

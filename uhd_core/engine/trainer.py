@@ -31,6 +31,7 @@ from uhd_core.data.dataset import (
 )
 from uhd_core.distill.base import Distiller, cosine_ramp
 from uhd_core.distill.factory import build_distiller
+from uhd_core.distill.vit import VIT_TEACHER_ARCHS
 from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint, prune_checkpoints, save_checkpoint
 from uhd_core.engine.ema import ModelEMA
 from uhd_core.engine.evaluate import evaluate_detector
@@ -134,6 +135,11 @@ class Trainer:
         for flag, path in (("--ckpt", cfg.ckpt), ("--teacher-ckpt", cfg.teacher_ckpt)):
             if path and not Path(path).expanduser().is_file():
                 raise CheckpointError(f"{flag} {path}: no such checkpoint file")
+        if cfg.teacher_backbone and not Path(cfg.teacher_backbone).expanduser().is_file():
+            spec = VIT_TEACHER_ARCHS.get(cfg.teacher_backbone_arch)
+            wanted = f"; obtain the official {spec.official_file} and put it there" if spec else ""
+            raise CheckpointError(f"--teacher-backbone {cfg.teacher_backbone}: no such file{wanted} "
+                                  "(or pass --teacher-backbone PATH)")
         self.cfg = cfg
         self.bus = bus or EventBus()
         self.resume_checkpoint = resume_checkpoint
