@@ -72,7 +72,7 @@ def test_scale_multiplies_the_added_loss():
     full, _ = _distiller(teacher)(out, None, x, 1.0)
     half, _ = _distiller(teacher)(out, None, x, 0.5)
     zero, _ = _distiller(teacher)(out, None, x, 0.0)
-    assert float(half) == pytest.approx(0.5 * float(full), rel=1e-5) and float(zero) == 0.0
+    assert float(half.detach()) == pytest.approx(0.5 * float(full.detach()), rel=1e-5) and float(zero.detach()) == 0.0
 
 
 def test_hungarian_pairing_undoes_a_query_permutation():
