@@ -19,6 +19,9 @@ from uhd_core.augment.spec import (
 )
 from uhd_core.augment.unimplemented import UNIMPLEMENTED_OPS
 
+# Registers the crop, photometric-distort, noise and weather ops (after spec.py registered the rest).
+from uhd_core.augment import crops_noise_weather  # noqa: F401
+
 __all__ = [
     "AUGMENT_OPS",
     "AUGMENT_OP_INFO",

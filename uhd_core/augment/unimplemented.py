@@ -15,13 +15,6 @@ UNIMPLEMENTED_OPS = (
     "Mosaic",
     "MixUp",
     "CopyPaste",
-    "RandomCrop",
-    "RandomResizedCrop",
-    "RandomPhotometricDistort",
-    "ISONoise",
-    "RandomRain",
-    "RandomFog",
-    "RandomSunFlare",
 )
 
 
