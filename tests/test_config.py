@@ -235,3 +235,12 @@ def test_derived_head_name():
     assert RunConfig().head_name == "centernet"
     assert RunConfig(use_anchor=True).head_name == "anchor"
     assert RunConfig(arch="transformer").head_name == "detr"
+
+
+def test_stored_configs_drop_removed_fields_but_not_unknown_ones():
+    from uhd_core.config import stored_config
+
+    old = {**RunConfig().model_dump(mode="json"), "detr_matcher": "greedy"}
+    assert build_config(None, base=stored_config(old)) == RunConfig()
+    with pytest.raises(ConfigError, match="from-the-future"):
+        build_config(None, base=stored_config({**old, "from_the_future": 1}))

@@ -387,5 +387,17 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+#: Fields an earlier UHD wrote into checkpoints and that no longer exist (the feature was dropped).
+REMOVED_FIELDS = frozenset({"detr_matcher"})
+
+
+def stored_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored config, minus fields later UHD versions removed (REMOVED_FIELDS).
+
+    Any other unknown key still fails in build_config: it means a checkpoint from a newer UHD.
+    """
+    return {k: v for k, v in values.items() if k not in REMOVED_FIELDS}
+
+
 def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from uhd_core.config import RunConfig, build_config
+from uhd_core.config import RunConfig, build_config, stored_config
 from uhd_core.distill.base import DISTILLERS, Distiller
 from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.errors import CheckpointError, ConfigError
@@ -48,7 +48,7 @@ def teacher_config(cfg: RunConfig, stored: dict) -> RunConfig:
 def load_teacher(cfg: RunConfig) -> tuple[Detector, RunConfig]:
     """Build the teacher from --teacher-ckpt (EMA weights when the checkpoint has them), frozen, in eval mode."""
     ckpt = load_checkpoint(cfg.teacher_ckpt)
-    tcfg = teacher_config(cfg, dict(ckpt["config"]))
+    tcfg = teacher_config(cfg, stored_config(ckpt["config"]))
     if tcfg.arch != "transformer":
         raise ConfigError(f"--teacher-ckpt {cfg.teacher_ckpt}: a {tcfg.arch} teacher cannot be distilled per query; "
                           "it must be a transformer checkpoint")

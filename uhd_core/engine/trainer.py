@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from uhd_core.anchors import box_sizes, fit_anchors
 from uhd_core.augment import build_augment_pipeline
-from uhd_core.config import RunConfig, build_config, check_implemented, config_to_yaml
+from uhd_core.config import RunConfig, build_config, check_implemented, config_to_yaml, stored_config
 from uhd_core.data.dataset import (
     CachedDetectionDataset,
     EpochShuffleSampler,
@@ -112,7 +112,7 @@ def make_run_config(preset: str | None, overrides: dict[str, Any]) -> tuple[RunC
     path = find_resume_checkpoint(resume)
     ckpt = load_checkpoint(path)
     # The stored --ckpt only initialised that run; resuming continues from the resume checkpoint.
-    base = {**ckpt["config"], "ckpt": "", "ckpt_non_strict": False}
+    base = {**stored_config(ckpt["config"]), "ckpt": "", "ckpt_non_strict": False}
     cfg = build_config(preset, {**overrides, "resume": str(path)}, base=base)
     return cfg, ckpt, path
 
