@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +56,14 @@ class AugmentPipeline:
         inner = ", ".join(f"{name}(p={prob:g})" for prob, name, _ in self._ops)
         return f"AugmentPipeline([{inner}])"
 
+    @property
+    def needs_source(self) -> bool:
+        """True when an active op draws partner samples (call with ``source=``)."""
+        return any(getattr(op, "needs_source", False) for _, _, op in self._ops)
+
     def __call__(
-        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+        source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Augment one sample.
 
@@ -66,6 +72,8 @@ class AugmentPipeline:
             boxes: ``(N, 4)`` float32 cxcywh, normalized 0..1 (N may be 0).
             labels: ``(N,)`` int64 class ids.
             rng: the only source of randomness; the same seed gives the same output.
+            source: ``source(rng) -> (image, boxes cxcywh, labels)``, another random un-augmented
+                sample of the same size; needed by Mosaic, MixUp and CopyPaste (else ValueError).
 
         Returns:
             ``(image, boxes, labels)``: a new ``(H, W, 3)`` uint8 RGB array (never the input
@@ -84,9 +92,14 @@ class AugmentPipeline:
         # every op works on xyxy (see registry docstring).
         xyxy = boxes @ _CXCYWH_TO_XYXY
         out = image
-        for prob, _, op in self._ops:
+        for prob, name, op in self._ops:
             if prob >= 1.0 or rng.random() < prob:
-                out, xyxy, labels = op(out, xyxy, labels, rng)
+                if getattr(op, "needs_source", False):
+                    if source is None:
+                        raise ValueError(f"augment op {name} combines samples and needs the dataset (source=)")
+                    out, xyxy, labels = op(out, xyxy, labels, rng, _xyxy_source(source))
+                else:
+                    out, xyxy, labels = op(out, xyxy, labels, rng)
 
         if len(xyxy):
             np.minimum(xyxy, 1.0, out=xyxy)
@@ -101,6 +114,17 @@ class AugmentPipeline:
         # Callers often cache the decoded images; never hand back (an alias of) the input.
         out = out.copy() if out is image else np.ascontiguousarray(out)
         return out, result.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
+
+
+def _xyxy_source(source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Wrap a cxcywh sample source so ops see xyxy boxes (the op contract)."""
+
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image, boxes, labels = source(rng)
+        xyxy = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) @ _CXCYWH_TO_XYXY
+        return image, xyxy, np.array(labels, dtype=np.int64).reshape(-1)
+
+    return draw
 
 
 def build_augment_pipeline(source: str | Path | None) -> AugmentPipeline:

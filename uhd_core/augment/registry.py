@@ -15,6 +15,11 @@ Inside the pipeline an ``AugOp`` is called as ``op(image, boxes, labels, rng)``:
 * ``rng``: the caller's ``np.random.Generator``; the only source of randomness an op may use.
 
 The op is applied with probability ``prob`` by the pipeline, so the op itself always acts.
+
+Ops that combine several samples (Mosaic, MixUp, CopyPaste) set ``needs_source = True`` and are
+called as ``op(image, boxes, labels, rng, source)``: ``source(rng)`` returns another random sample of
+the same dataset, un-augmented, at the same size, boxes already xyxy (``SampleSource``). Training
+passes the dataset's cache; aug-preview and tests pass their own.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class AugOp(Protocol):
 
 
 AugOpBuilder = Callable[..., AugOp]
+
+#: ``source(rng) -> (image (H, W, 3) uint8, boxes (N, 4) float32 xyxy normalized, labels (N,) int64)``
+SampleSource = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 #: name -> builder, in registration order.
 AUGMENT_OPS: dict[str, AugOpBuilder] = {}

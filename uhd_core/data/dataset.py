@@ -171,7 +171,8 @@ def split_files(files: Sequence[str], train_split: float, val_split: float, seed
 # ------------------------------------------------------------------------------------------------
 # Torch side
 
-AugmentFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+#: ``augment(image, boxes, labels, rng, source=...)``, e.g. an AugmentPipeline (source: see random_sample)
+AugmentFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class CachedDetectionDataset(Dataset):
@@ -200,12 +201,17 @@ class CachedDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def random_sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A random un-augmented item (image, boxes cxcywh, labels): the partners of Mosaic, MixUp, CopyPaste."""
+        j = int(rng.integers(len(self.images)))
+        return self.images[j], self.boxes[j], self.labels[j]
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, ...]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         image, boxes, labels = self.images[index], self.boxes[index], self.labels[index]
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, epoch, index))
-            image, boxes, labels = self.augment(image, boxes, labels, rng)
+            image, boxes, labels = self.augment(image, boxes, labels, rng, source=self.random_sample)
         if self.student_size is not None:
             return resize_image(image, self.student_size, self.interpolation), boxes, labels, image
         return image, boxes, labels
