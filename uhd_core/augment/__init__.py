@@ -21,6 +21,7 @@ from uhd_core.augment.unimplemented import UNIMPLEMENTED_OPS
 
 # Registers the crop, photometric-distort, noise and weather ops (after spec.py registered the rest).
 from uhd_core.augment import crops_noise_weather  # noqa: F401
+from uhd_core.augment import multi_sample  # noqa: F401  -- Mosaic, MixUp, CopyPaste (need source=)
 
 __all__ = [
     "AUGMENT_OPS",

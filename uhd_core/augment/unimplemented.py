@@ -1,7 +1,9 @@
-"""Ops the original tool has that are not built yet.
+"""Ops the original tool has that are not built yet (none at the moment).
 
-They are registered so that the original tool's configs (which list them, often with ``prob: 0``)
-still load: any keys are accepted, and only building one with ``prob > 0`` fails.
+Names listed in ``UNIMPLEMENTED_OPS`` are registered as placeholders so that the original tool's
+configs (which list them, often with ``prob: 0``) still load: any keys are accepted, and only
+building one with ``prob > 0`` fails with ``NotImplementedError``. Mosaic, MixUp and CopyPaste
+used to be here; they are implemented in ``multi_sample.py``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,7 @@ from typing import Any
 
 from uhd_core.augment.registry import AugOp, register_augment_op
 
-UNIMPLEMENTED_OPS = (
-    "Mosaic",
-    "MixUp",
-    "CopyPaste",
-)
+UNIMPLEMENTED_OPS: tuple[str, ...] = ()
 
 
 def _not_implemented(name: str) -> Callable[..., AugOp]:
