@@ -318,12 +318,18 @@ def test_original_default_path_means_builtin_default(tmp_path, monkeypatch):
     builtin = load_augment_specs("uhd/aug.yaml")
     assert builtin == load_augment_specs(None) == load_augment_specs(Path("uhd/aug.yaml"))
     assert builtin == parse_augment_specs(yaml.safe_load(default_config_text()))
-    names = [s.name for s in builtin]
-    assert names[0] == "HorizontalFlip" and "ToGray" in names and names[-1] == "RemoveOutliers"
-    assert not set(names) & set(UNIMPLEMENTED_OPS)
+    # the original tool's uhd/aug.yaml, op for op
+    assert [(s.name, s.prob) for s in builtin] == [
+        ("RandomPhotometricDistort", 0.5), ("RandomHSV", 0.75), ("HorizontalFlip", 0.5), ("CLAHE", 0.01),
+        ("ToGray", 0.01), ("RemoveOutliers", 1.0)]
+    assert builtin[1].params == {"hue_gain": 0.015, "saturation_gain": 0.7, "value_gain": 0.4}
+    assert builtin[-1].params == {"min_area": 1e-8}
+    assert not {s.name for s in builtin} & set(UNIMPLEMENTED_OPS)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the shipped default is clean
+        warnings.simplefilter("error")  # the shipped configs are clean
         assert AugmentPipeline(load_augment_specs(None)).active_ops
+        tiny = load_augment_specs("uhd/aug_tiny.yaml")
+        assert tiny != builtin and AugmentPipeline(tiny).active_ops
 
 
 def test_unimplemented_ops_load_with_prob_zero_and_raise_otherwise(tmp_path):
@@ -428,27 +434,6 @@ def test_register_custom_op_and_duplicates():
     finally:
         AUGMENT_OPS.pop(name, None)
         AUGMENT_OP_INFO.pop(name, None)
-
-
-# --- speed --------------------------------------------------------------------------------------
-
-
-def test_default_pipeline_is_fast():
-    # Target is < 0.3 ms/image on 2 cores (measured ~0.07 ms); the bound here is loose so a busy
-    # CI machine does not flake, but an accidental 10x regression still fails.
-    pipe = build_augment_pipeline(None)
-    rng = np.random.default_rng(0)
-    img = _noise_image()
-    boxes = np.array([[0.5, 0.5, 0.3, 0.6], [0.2, 0.3, 0.1, 0.2]], dtype=np.float32)
-    labels = np.array([0, 0], dtype=np.int64)
-    for _ in range(50):
-        pipe(img, boxes, labels, rng)
-    n = 1000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        pipe(img, boxes, labels, rng)
-    per_image_ms = (time.perf_counter() - t0) / n * 1e3
-    assert per_image_ms < 1.5, f"{per_image_ms:.3f} ms per image"
 
 
 def test_build_errors_name_the_file(tmp_path):

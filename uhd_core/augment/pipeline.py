@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,16 @@ _CXCYWH_TO_XYXY = np.array(
 _XYXY_TO_CXCYWH = np.array(
     [[0.5, 0.0, -1.0, 0.0], [0.0, 0.5, 0.0, -1.0], [0.5, 0.0, 1.0, 0.0], [0.0, 0.5, 0.0, 1.0]], dtype=np.float32
 )
+
+
+@dataclass(frozen=True)
+class OpTrace:
+    """One op that fired on one sample: its time and the box count before/after it."""
+
+    name: str
+    seconds: float
+    boxes_in: int
+    boxes_out: int
 
 
 class AugmentPipeline:
@@ -64,6 +76,7 @@ class AugmentPipeline:
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+        trace: list[OpTrace] | None = None, force: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Augment one sample.
 
@@ -74,6 +87,8 @@ class AugmentPipeline:
             rng: the only source of randomness; the same seed gives the same output.
             source: ``source(rng) -> (image, boxes cxcywh, labels)``, another random un-augmented
                 sample of the same size; needed by Mosaic, MixUp and CopyPaste (else ValueError).
+            trace: when given, one OpTrace per op that fired is appended (aug-preview's statistics).
+            force: run only this op, as if its prob were 1 (aug-preview --per-op); others are skipped.
 
         Returns:
             ``(image, boxes, labels)``: a new ``(H, W, 3)`` uint8 RGB array (never the input
@@ -93,13 +108,19 @@ class AugmentPipeline:
         xyxy = boxes @ _CXCYWH_TO_XYXY
         out = image
         for prob, name, op in self._ops:
-            if prob >= 1.0 or rng.random() < prob:
-                if getattr(op, "needs_source", False):
-                    if source is None:
-                        raise ValueError(f"augment op {name} combines samples and needs the dataset (source=)")
-                    out, xyxy, labels = op(out, xyxy, labels, rng, _xyxy_source(source))
-                else:
-                    out, xyxy, labels = op(out, xyxy, labels, rng)
+            fires = (name == force) if force is not None else (prob >= 1.0 or rng.random() < prob)
+            if not fires:
+                continue
+            t0 = time.perf_counter() if trace is not None else 0.0
+            boxes_before = len(xyxy)
+            if getattr(op, "needs_source", False):
+                if source is None:
+                    raise ValueError(f"augment op {name} combines samples and needs the dataset (source=)")
+                out, xyxy, labels = op(out, xyxy, labels, rng, _xyxy_source(source))
+            else:
+                out, xyxy, labels = op(out, xyxy, labels, rng)
+            if trace is not None:
+                trace.append(OpTrace(name, time.perf_counter() - t0, boxes_before, len(xyxy)))
 
         if len(xyxy):
             np.minimum(xyxy, 1.0, out=xyxy)

@@ -33,6 +33,8 @@ from uhd_core.augment.registry import AUGMENT_OP_INFO, AUGMENT_OPS
 #: The original tool's default path; it names the built-in default config here.
 ORIGINAL_DEFAULT_PATH = "uhd/aug.yaml"
 DEFAULT_CONFIG_RESOURCE = "default.yaml"
+#: Built-in configs by the name a YAML/flag uses -> package resource in uhd_core/augment/.
+BUILTIN_CONFIGS = {ORIGINAL_DEFAULT_PATH: DEFAULT_CONFIG_RESOURCE, "uhd/aug_tiny.yaml": "tiny.yaml"}
 
 
 @dataclass(frozen=True)
@@ -142,29 +144,31 @@ def parse_augment_specs(data: Any, origin: str = "<augment config>") -> list[Aug
     return specs
 
 
-def _is_builtin_default(source: str | Path | None) -> bool:
+def _builtin_resource(source: str | Path | None) -> str | None:
+    """The package resource a source names (None = the default), or None for a file path."""
     if source is None:
-        return True
+        return DEFAULT_CONFIG_RESOURCE
     text = source.as_posix() if isinstance(source, PurePath) else str(source)
-    return text == ORIGINAL_DEFAULT_PATH
+    return BUILTIN_CONFIGS.get(text)
 
 
-def default_config_text() -> str:
-    """The built-in default config (``uhd_core/augment/default.yaml``), read as package data."""
-    return resources.files("uhd_core.augment").joinpath(DEFAULT_CONFIG_RESOURCE).read_text(encoding="utf-8")
+def default_config_text(resource: str = DEFAULT_CONFIG_RESOURCE) -> str:
+    """A built-in config (``uhd_core/augment/default.yaml`` unless named), read as package data."""
+    return resources.files("uhd_core.augment").joinpath(resource).read_text(encoding="utf-8")
 
 
 def load_augment_specs(source: str | Path | None) -> list[AugOpSpec]:
     """Read the ops of a ``data_augment:`` YAML file, in order.
 
     ``source``: a YAML path; ``None`` or the original tool's default ``"uhd/aug.yaml"`` mean the
-    built-in default. Raises ``FileNotFoundError`` (missing file), ``UnknownAugmentOpError``
+    built-in default (the original's config), ``"uhd/aug_tiny.yaml"`` UHD's tuned built-in. Raises ``FileNotFoundError`` (missing file), ``UnknownAugmentOpError``
     (unknown op; lists the known ones), ``ValueError`` (anything else malformed); unknown keys
     inside an op are dropped with a ``UserWarning``.
     """
-    if _is_builtin_default(source):
-        origin = f"<built-in uhd_core/augment/{DEFAULT_CONFIG_RESOURCE}>"
-        text = default_config_text()
+    resource = _builtin_resource(source)
+    if resource is not None:
+        origin = f"<built-in uhd_core/augment/{resource}>"
+        text = default_config_text(resource)
     else:
         path = Path(source)  # type: ignore[arg-type]
         origin = str(path)
