@@ -95,6 +95,11 @@ def make_preview(pipeline: AugmentPipeline, samples: Sequence[Sample], *, varian
     probs = {spec.name: spec.prob for spec in pipeline.specs}
     stats = {name: OpStats(name, probs.get(name, 0.0)) for name in pipeline.active_ops}
     columns = list(pipeline.active_ops) if per_op else [None] * variants
+    # One untimed call per op first: some pay a one-off set-up on first use (albumentations' CLAHE
+    # ~90 ms), which would otherwise dominate its mean in a small preview.
+    warm_image, warm_boxes, warm_labels = samples[0]
+    for name in pipeline.active_ops:
+        pipeline(warm_image, warm_boxes, warm_labels, np.random.default_rng(seed), source=source, force=name)
     rows = []
     for i, (image, boxes, labels) in enumerate(samples):
         tiles = [render_tile(image, boxes, "original", scale)]
