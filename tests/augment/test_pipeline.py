@@ -440,3 +440,24 @@ def test_build_errors_name_the_file(tmp_path):
     path = _write(tmp_path, "data_augment:\n  RandomScale:\n    prob: 0.5\n    scale_range: [2, 1]\n")
     with pytest.raises(ValueError, match=r"aug\.yaml: RandomScale\.scale_range"):
         build_augment_pipeline(path)
+
+
+def test_yaml_order_decides_the_result(tmp_path):
+    """Translation then VerticalFlip differs from VerticalFlip then Translation, and each equals the
+    composition of the two ops in the order written."""
+    image = _noise_image()
+    boxes = np.array([[0.5, 0.3, 0.2, 0.2]], dtype=np.float32)
+    labels = np.array([0], dtype=np.int64)
+
+    def run(first: str, second: str):
+        params = {"Translation": "{prob: 1.0, translate: 0.2}", "VerticalFlip": "{prob: 1.0}"}
+        text = f"data_augment:\n  - {first}: {params[first]}\n  - {second}: {params[second]}\n"
+        pipe = AugmentPipeline(load_augment_specs(_write(tmp_path, text, f"{first}_{second}.yaml")))
+        return pipe(image, boxes, labels, np.random.default_rng(7))
+
+    flip_last = run("Translation", "VerticalFlip")
+    flip_first = run("VerticalFlip", "Translation")
+    assert not np.allclose(flip_last[1], flip_first[1])
+    # the translation is the same draw in both orders (flips take no randomness): t = shift in y
+    shift_y = 1.0 - flip_last[1][0, 1] - 0.3  # flip(y + t) = 1 - (0.3 + t)
+    assert flip_first[1][0, 1] == pytest.approx(1.0 - 0.3 + shift_y, abs=1e-5)  # flip(y) + t
