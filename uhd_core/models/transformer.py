@@ -204,7 +204,7 @@ class TinyDETR(nn.Module):
         for level, fmap in enumerate(self.tokens(images)):
             h, w = fmap.shape[-2:]
             tokens.append(fmap.flatten(2).transpose(1, 2))  # (B, h*w, D)
-            pe = sine_position_encoding(h, w, fmap.shape[1], device=fmap.device, dtype=fmap.dtype)
+            pe = sine_position_encoding(h, w, self.out_channels, device=fmap.device, dtype=fmap.dtype)
             positions.append(pe + self.level_embed[level].to(fmap.dtype))
         memory = torch.cat(tokens, 1) if len(tokens) > 1 else tokens[0]
         pos = torch.cat(positions, 0) if len(positions) > 1 else positions[0]
