@@ -9,7 +9,7 @@ import typer
 
 from uhd_cli.errors import friendly_errors
 from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, build_config
-from uhd_core.errors import ConfigError, RunDirError
+from uhd_core.errors import RunDirError
 
 DEFAULT_SYNTH_DIR = Path("data/synth")
 
@@ -32,18 +32,13 @@ def aug_preview(
     from rich.console import Console
     from rich.table import Table
 
-    from uhd_core.augment import build_augment_pipeline
+    from uhd_core.augment.pipeline import load_augment_pipeline
     from uhd_core.augment.preview import load_preview_samples, make_preview, synthetic_samples, write_png
 
     if out.exists() and not overwrite:
         raise RunDirError(f"--out {out} exists; pass --overwrite or another --out")
     cfg = build_config(overrides={"img_size": img_size, "seed": seed, "aug_config": config})
-    try:
-        pipeline = build_augment_pipeline(cfg.aug_config)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{config}: {exc}") from None
-    except (ValueError, NotImplementedError) as exc:
-        raise ConfigError(f"{config}: {exc}") from None
+    pipeline = load_augment_pipeline(cfg.aug_config, flag="aug-preview CONFIG")
     if image_dir is None and DEFAULT_SYNTH_DIR.is_dir():
         image_dir = DEFAULT_SYNTH_DIR
     if image_dir is None:

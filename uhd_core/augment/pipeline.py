@@ -157,3 +157,16 @@ def build_augment_pipeline(source: str | Path | None) -> AugmentPipeline:
         # Parameter values are checked when ops are built; say which file they came from.
         where = "built-in default" if source is None else str(source)
         raise type(exc)(f"{where}: {exc}") from None
+
+
+def load_augment_pipeline(source: str, flag: str = "--aug-config") -> AugmentPipeline:
+    """build_augment_pipeline for user input: any problem becomes one ConfigError naming ``flag`` and
+    the file (missing file, bad YAML, unknown op, bad value, unimplemented op)."""
+    from uhd_core.errors import ConfigError
+
+    try:
+        return build_augment_pipeline(source)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    except (ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"{flag} {source}: {exc}") from None

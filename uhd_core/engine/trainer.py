@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from uhd_core.anchors import box_sizes, fit_anchors
-from uhd_core.augment import build_augment_pipeline
+from uhd_core.augment.pipeline import load_augment_pipeline
 from uhd_core.config import RunConfig, build_config, check_implemented, config_to_yaml, stored_config
 from uhd_core.data.dataset import (
     CachedDetectionDataset,
@@ -222,12 +222,7 @@ class Trainer:
                 student_size=student_size, interpolation=cfg.resize_interpolation,
             )
 
-        try:
-            augment = build_augment_pipeline(cfg.aug_config)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"--aug-config: {exc}") from None
-        except (ValueError, NotImplementedError) as exc:
-            raise ConfigError(f"--aug-config {cfg.aug_config}: {exc}") from None
+        augment = load_augment_pipeline(cfg.aug_config)
         val_set = subset(val_files, None, decoded.images)
         if teacher_size is None or tuple(teacher_size) == tuple(cfg.img_size):
             return subset(train_files, augment, decoded.images), val_set
