@@ -256,6 +256,13 @@ class RunConfig(BaseModel):
 
 #: The head family each --arch trains unless --use-anchor picks the anchor head.
 DEFAULT_HEAD_BY_ARCH = {"cnn": "centernet", "transformer": "detr"}
+#: Heads each --arch can carry (the transformer's queries feed only its set-prediction head).
+HEADS_BY_ARCH = {"cnn": ("centernet", "anchor"), "transformer": ("detr",)}
+#: Teacher flag -> (the student --arch it distils into, what it distils).
+TEACHER_STUDENT_ARCH = {
+    "teacher_backbone": ("cnn", "ViT features into the CNN"),
+    "teacher_ckpt": ("transformer", "a transformer teacher's queries into a transformer student"),
+}
 
 # ------------------------------------------------------------------------------------------------
 # Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
@@ -288,15 +295,12 @@ def check_implemented(cfg: RunConfig) -> None:
         raise ConfigError("--teacher-backbone needs --teacher-backbone-arch (dinov3_vits16, dinov3_vitb16 or vit_tiny)")
     if cfg.teacher_backbone and cfg.teacher_ckpt:
         raise ConfigError("--teacher-backbone and --teacher-ckpt exclude each other: one teacher per run")
-    if cfg.teacher_backbone and cfg.arch != "cnn":
-        raise ConfigError("--teacher-backbone distils ViT features into the CNN; use --arch cnn")
-    if cfg.teacher_ckpt and cfg.arch != "transformer":
-        raise ConfigError("--teacher-ckpt distils a transformer teacher into a transformer student; "
-                          "use --arch transformer")
-    if cfg.arch == "transformer" and cfg.use_anchor:
-        raise ConfigError("--use-anchor is a CNN head; --arch transformer has its own set-prediction head")
-    if cfg.arch == "transformer" and (cfg.d_model % 4 or cfg.d_model % cfg.heads):
-        raise ConfigError(f"--d-model {cfg.d_model} must be divisible by 4 and by --heads {cfg.heads}")
+    for flag, (student_arch, what) in TEACHER_STUDENT_ARCH.items():
+        if getattr(cfg, flag) and cfg.arch != student_arch:
+            raise ConfigError(f"{flag_name(flag)} distils {what}; use --arch {student_arch}")
+    if cfg.head_name not in HEADS_BY_ARCH[cfg.arch]:
+        raise ConfigError(f"--arch {cfg.arch} has no {cfg.head_name} head (it has: {', '.join(HEADS_BY_ARCH[cfg.arch])}); "
+                          "--use-anchor is a CNN head")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ def test_unknown_preset_is_one_line(runner, tmp_path):
     (["--arch", "transformer", "--teacher-ckpt", "missing.pt", "--distill-kl", "1"], "missing.pt: no such checkpoint"),
     (["--ckpt", "nothing.pt"], "--ckpt nothing.pt: no such checkpoint"),
     (["--arch", "transformer", "--d-model", "66"], "divisible by 4"),
+    (["--arch", "transformer", "--d-model", "64", "--heads", "3"], "--d-model 64 must be divisible by --heads 3"),
+    (["--arch", "transformer", "--use-anchor", "--auto-anchors"], "--use-anchor is a CNN head"),
     (["--preset", "cnn_anchor_dino"], "obtain the official dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
     (["--preset", "cnn_anchor_vitt"], "ckpts/vitt_distill.pt: no such file; obtain the official vitt_distill.pt"),
     (["--distill-feat", "1.0"], "--distill-feat needs --teacher-backbone"),

@@ -131,6 +131,10 @@ class Trainer:
         check_implemented(cfg)
         if cfg.arch not in BACKBONES:
             raise ConfigError(f"--arch {cfg.arch} is not implemented yet (available: {', '.join(BACKBONES.names())})")
+        try:  # the architecture's own checks (e.g. --d-model vs --heads), on a throwaway backbone
+            BACKBONES.get(cfg.arch)(cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         require_image_dir(cfg.image_dir)  # before any run dir is made for a run that cannot start
         for flag, path in (("--ckpt", cfg.ckpt), ("--teacher-ckpt", cfg.teacher_ckpt)):
             if path and not Path(path).expanduser().is_file():
