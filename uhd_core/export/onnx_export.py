@@ -13,13 +13,11 @@ Outputs (fixed names and order):
 - merged (``merge_postprocess=True``): ``detections`` (B, N, 6) score, class_id, cx, cy, w, h
   (normalized), sorted by score, N = min(topk, candidates) — what ``head.decode`` returns.
 
-Dynamic shapes: the CenterNet and anchor decoders of uhd_core/heads pick ``k = min(topk, n)`` with
-Python ``min`` (and the anchor decoder builds its grid and Fast-NMS mask from Python ints), which a
-trace freezes at the export size. For these two heads, unless the head overrides
-``export_postprocess`` itself, the merged graph uses the traceable re-implementations below
-(:func:`centernet_postprocess`, :func:`anchor_postprocess`): same math, with ``k`` and the grids
-computed from the traced shape (torchvision's ``_topk_min`` trick). ``verify_onnx`` and the tests
-check them against ``head.decode``.
+Dynamic shapes: the merged graph is the head's ``export_postprocess`` (by default its ``decode``).
+Those must not freeze sizes at the export size: ``k = min(topk, n)`` comes from
+``heads.tracing.traced_min`` (torchvision's ``_topk_min`` trick), and the anchor head overrides
+``export_postprocess`` with a reformulation whose grid and Fast-NMS mask come from the traced shape.
+``verify_onnx`` and the tests check the merged output against ``head.decode``.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import inspect
 import io
 import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,21 +40,10 @@ from torch import nn
 from uhd_core.config import RunConfig
 from uhd_core.engine.checkpoint import atomic_write_bytes
 from uhd_core.errors import UhdError
-from uhd_core.heads.anchor import MAX_LOG_SCALE, NMS_CANDIDATES_PER_DET, NMS_IOU, AnchorHead
-from uhd_core.heads.base import DetectorHead
-from uhd_core.heads.box_iou import bbox_iou
-from uhd_core.heads.centernet import CenterNetHead, _gather_cells
-from uhd_core.heads.detr import DetrHead
 from uhd_core.models.detector import Detector, count_parameters
 
 INPUT_NAME = "images"
 MERGED_NAME = "detections"
-#: Raw output names per head family, in export order.
-RAW_OUTPUT_NAMES: dict[type[DetectorHead], tuple[str, ...]] = {
-    CenterNetHead: ("hm", "off", "wh"),
-    AnchorHead: ("pred",),
-    DetrHead: ("logits", "boxes"),
-}
 #: Rows whose scores differ by at most this much count as tied in :func:`compare_detections`.
 TIE_EPS = 1e-6
 
@@ -65,98 +52,6 @@ Shape = list[int | str]
 
 class ExportError(UhdError):
     """The model could not be exported or the exported file is unusable."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Traceable post-processes
-
-def _topk_min(x: torch.Tensor, k: int, dim: int) -> int:
-    """min(k, x.shape[dim]) — a traced tensor while tracing, so dynamic shapes keep it symbolic.
-
-    Python ``min`` on a traced size freezes the branch taken at the export size; torch.topk accepts
-    the 0-d tensor (the return annotation is the same white lie torchvision tells).
-    """
-    if not torch.jit.is_tracing():
-        return min(k, int(x.shape[dim]))
-    size = torch._shape_as_tensor(x)[dim].unsqueeze(0)
-    # ReduceMin, not Clip: OpenCV's dnn has no int64 Clip
-    return torch.cat([torch.full_like(size, k), size]).min()  # type: ignore[return-value]
-
-
-def centernet_postprocess(heat: torch.Tensor, off: torch.Tensor, wh: torch.Tensor, topk: int) -> torch.Tensor:
-    """heat (B, C, H, W) probabilities, off/wh (B, 2, H, W) -> (B, min(topk, C*H*W), 6).
-
-    Same as heads.centernet.decode_centernet (3x3 max-pool peaks, top-k), with a traced k.
-    """
-    _, _, h, w = heat.shape
-    peaks = nn.functional.max_pool2d(heat, 3, stride=1, padding=1)
-    heat = heat * (peaks == heat).to(heat.dtype)
-    flat = heat.flatten(1)
-    scores, idx = flat.topk(_topk_min(flat, topk, 1), dim=1)
-    cls = torch.div(idx, h * w, rounding_mode="floor")
-    cell = idx - cls * (h * w)
-    ys = torch.div(cell, w, rounding_mode="floor")
-    xs = cell - ys * w
-    off_k = _gather_cells(off, cell)
-    wh_k = _gather_cells(wh, cell).clamp(min=0)
-    cx = (xs.to(heat.dtype) + off_k[..., 0]) / w
-    cy = (ys.to(heat.dtype) + off_k[..., 1]) / h
-    return torch.stack([scores, cls.to(heat.dtype), cx, cy, wh_k[..., 0] / w, wh_k[..., 1] / h], dim=-1)
-
-
-def anchor_postprocess(head: AnchorHead, pred: torch.Tensor, topk: int, nms_iou: float = NMS_IOU) -> torch.Tensor:
-    """pred (B, K*(5+C), H, W) -> (B, N, 6); the math of AnchorHead.decode_boxes + decode_anchor.
-
-    Grid coordinates come from the traced shape and Fast NMS's "higher-scoring" mask from candidate
-    positions, so H, W and the candidate count stay symbolic. N = min(topk, min(K*H*W*C, 4*topk)).
-    """
-    c = head.num_classes
-    pred = pred.float()
-    # Fields are strided channel slices (B, K, H, W) and rows come from Flatten(axis=1): no Reshape
-    # with sizes, which the TorchScript exporter constant-folds to the export shape.
-    field = [pred[:, i:: 5 + c] for i in range(5 + c)]  # channel k*(5+C)+i = anchor k's field i
-    shape = torch._shape_as_tensor(pred)
-    fh, fw = shape[2], shape[3]
-    gy = torch.arange(fh, device=pred.device).to(pred.dtype)[:, None]  # (H, 1)
-    gx = torch.arange(fw, device=pred.device).to(pred.dtype)[None, :]  # (1, W)
-    if head.assign == "yolov5":
-        px, py = 2 * torch.sigmoid(field[0]) - 0.5, 2 * torch.sigmoid(field[1]) - 0.5
-        pw, ph = (2 * torch.sigmoid(field[2])) ** 2, (2 * torch.sigmoid(field[3])) ** 2
-    else:
-        px, py = torch.sigmoid(field[0]), torch.sigmoid(field[1])
-        pw, ph = torch.exp(field[2].clamp(max=MAX_LOG_SCALE)), torch.exp(field[3].clamp(max=MAX_LOG_SCALE))
-    anchors = head.anchors.to(pred.dtype)[None, :, None, None, :]  # (1, K, 1, 1, 2)
-    coords = [(px + gx) / fw.to(pred.dtype), (py + gy) / fh.to(pred.dtype), pw * anchors[..., 0], ph * anchors[..., 1]]
-    box = torch.stack([v.flatten(1) for v in coords], dim=-1)  # (B, K*H*W, 4), row k*H*W + y*W + x
-    cls_prob = torch.stack([torch.sigmoid(f) for f in field[5:]], dim=-1)  # (B, K, H, W, C)
-    flat_scores = (torch.sigmoid(field[4])[..., None] * cls_prob).flatten(1)  # (B, K*H*W*C), row*C + class
-    cand_scores, flat = flat_scores.topk(_topk_min(flat_scores, NMS_CANDIDATES_PER_DET * topk, 1), dim=1)
-    cls = flat % c
-    loc = torch.div(flat, c, rounding_mode="floor")
-    cand_box = box.gather(1, loc[..., None].expand(-1, -1, 4))  # (B, P, 4)
-    iou = bbox_iou(cand_box[:, :, None, :], cand_box[:, None, :, :], "iou")  # (B, P, P)
-    same = cls[:, :, None] == cls[:, None, :]
-    pos = torch.arange(torch._shape_as_tensor(cand_scores)[1], device=pred.device)
-    higher = pos[:, None] < pos[None, :]  # row j suppresses column i > j (candidates are sorted)
-    suppressed = ((iou > nms_iou) & same & higher).any(dim=1)
-    kept = cand_scores * (~suppressed).to(cand_scores.dtype)
-    out_scores, order = kept.topk(_topk_min(kept, topk, 1), dim=1)
-    out_cls = cls.gather(1, order).to(box.dtype)
-    out_box = cand_box.gather(1, order[..., None].expand(-1, -1, 4))
-    return torch.cat([out_scores[..., None], out_cls[..., None], out_box], dim=-1)
-
-
-def _export_postprocess(head: DetectorHead) -> Callable[[dict[str, torch.Tensor], int], torch.Tensor]:
-    """The head's own export_postprocess if it overrides the default, else the traceable version here."""
-    if type(head).export_postprocess is not DetectorHead.export_postprocess:
-        return head.export_postprocess
-    if type(head) is CenterNetHead:
-        return lambda out, topk: centernet_postprocess(torch.sigmoid(out["hm"].float()), out["off"].float(),
-                                                       out["wh"].float(), topk)
-    if type(head) is AnchorHead:
-        anchor_head = head
-        return lambda out, topk: anchor_postprocess(anchor_head, out["pred"], topk)
-    return head.export_postprocess
 
 
 class ExportWrapper(nn.Module):
@@ -172,19 +67,18 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.merge_postprocess = merge_postprocess
         self.topk = topk
-        self._postprocess = _export_postprocess(model.head)
         if merge_postprocess:
             output_names = (MERGED_NAME,)
         elif output_names is None:
-            output_names = RAW_OUTPUT_NAMES.get(type(model.head))
+            output_names = model.head.output_names
         self.output_names: tuple[str, ...] | None = tuple(output_names) if output_names else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         outputs = self.model(images)
         if self.merge_postprocess:
-            return self._postprocess(outputs, self.topk)
+            return self.model.head.export_postprocess(outputs, self.topk)
         raw = self.model.head.export_outputs(outputs)
-        if self.output_names is None:  # a head family without a table entry: its dict order
+        if self.output_names is None:  # a head that does not name its outputs: its dict order
             self.output_names = tuple(raw)
         return tuple(raw[name] for name in self.output_names)
 

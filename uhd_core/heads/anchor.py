@@ -35,6 +35,7 @@ from uhd_core.config import RunConfig
 from uhd_core.errors import ConfigError
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.box_iou import bbox_iou
+from uhd_core.heads.tracing import traced_min
 from uhd_core.models.blocks import ConvBNAct
 
 #: YOLOv5's anchor_t: an anchor matches a box when no side differs by this factor or more.
@@ -58,6 +59,7 @@ class AnchorHead(DetectorHead):
     tx, ty, tw, th, obj, cls_0..cls_{C-1} logits."""
 
     loss_terms = ("obj", "cls", "box")
+    output_names = ("pred",)
 
     def __init__(self, in_channels: int, num_classes: int, anchors: torch.Tensor | list, assign: str = "best",
                  iou_loss: str = "giou", head_conv: int = 0, activation: str = "swish") -> None:
@@ -206,6 +208,10 @@ class AnchorHead(DetectorHead):
         box, scores = self.decode_boxes(outputs)
         return decode_anchor(box, scores, topk)
 
+    def export_postprocess(self, outputs: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
+        """decode() reformulated for dynamic-shape export (tests check both give the same rows)."""
+        return decode_anchor_traceable(self, outputs["pred"], topk)
+
 
 def decode_anchor(box: torch.Tensor, scores: torch.Tensor, topk: int, nms_iou: float = NMS_IOU) -> torch.Tensor:
     """box (B, N, 4) cxcywh, scores (B, N, C) -> (B, K, 6) score, class, cx, cy, w, h.
@@ -228,6 +234,48 @@ def decode_anchor(box: torch.Tensor, scores: torch.Tensor, topk: int, nms_iou: f
     kept = cand_scores * (~suppressed).to(cand_scores.dtype)
     k = min(topk, pre)
     out_scores, order = kept.topk(k, dim=1)
+    out_cls = cls.gather(1, order).to(box.dtype)
+    out_box = cand_box.gather(1, order[..., None].expand(-1, -1, 4))
+    return torch.cat([out_scores[..., None], out_cls[..., None], out_box], dim=-1)
+
+
+def decode_anchor_traceable(head: AnchorHead, pred: torch.Tensor, topk: int, nms_iou: float = NMS_IOU) -> torch.Tensor:
+    """pred (B, K*(5+C), H, W) -> (B, N, 6); the math of AnchorHead.decode_boxes + decode_anchor.
+
+    Grid coordinates come from the traced shape and Fast NMS's "higher-scoring" mask from candidate
+    positions, so H, W and the candidate count stay symbolic. N = min(topk, min(K*H*W*C, 4*topk)).
+    """
+    c = head.num_classes
+    pred = pred.float()
+    # Fields are strided channel slices (B, K, H, W) and rows come from Flatten(axis=1): no Reshape
+    # with sizes, which the TorchScript exporter constant-folds to the export shape.
+    field = [pred[:, i:: 5 + c] for i in range(5 + c)]  # channel k*(5+C)+i = anchor k's field i
+    shape = torch._shape_as_tensor(pred)
+    fh, fw = shape[2], shape[3]
+    gy = torch.arange(fh, device=pred.device).to(pred.dtype)[:, None]  # (H, 1)
+    gx = torch.arange(fw, device=pred.device).to(pred.dtype)[None, :]  # (1, W)
+    if head.assign == "yolov5":
+        px, py = 2 * torch.sigmoid(field[0]) - 0.5, 2 * torch.sigmoid(field[1]) - 0.5
+        pw, ph = (2 * torch.sigmoid(field[2])) ** 2, (2 * torch.sigmoid(field[3])) ** 2
+    else:
+        px, py = torch.sigmoid(field[0]), torch.sigmoid(field[1])
+        pw, ph = torch.exp(field[2].clamp(max=MAX_LOG_SCALE)), torch.exp(field[3].clamp(max=MAX_LOG_SCALE))
+    anchors = head.anchors.to(pred.dtype)[None, :, None, None, :]  # (1, K, 1, 1, 2)
+    coords = [(px + gx) / fw.to(pred.dtype), (py + gy) / fh.to(pred.dtype), pw * anchors[..., 0], ph * anchors[..., 1]]
+    box = torch.stack([v.flatten(1) for v in coords], dim=-1)  # (B, K*H*W, 4), row k*H*W + y*W + x
+    cls_prob = torch.stack([torch.sigmoid(f) for f in field[5:]], dim=-1)  # (B, K, H, W, C)
+    flat_scores = (torch.sigmoid(field[4])[..., None] * cls_prob).flatten(1)  # (B, K*H*W*C), row*C + class
+    cand_scores, flat = flat_scores.topk(traced_min(flat_scores, NMS_CANDIDATES_PER_DET * topk, 1), dim=1)
+    cls = flat % c
+    loc = torch.div(flat, c, rounding_mode="floor")
+    cand_box = box.gather(1, loc[..., None].expand(-1, -1, 4))  # (B, P, 4)
+    iou = bbox_iou(cand_box[:, :, None, :], cand_box[:, None, :, :], "iou")  # (B, P, P)
+    same = cls[:, :, None] == cls[:, None, :]
+    pos = torch.arange(torch._shape_as_tensor(cand_scores)[1], device=pred.device)
+    higher = pos[:, None] < pos[None, :]  # row j suppresses column i > j (candidates are sorted)
+    suppressed = ((iou > nms_iou) & same & higher).any(dim=1)
+    kept = cand_scores * (~suppressed).to(cand_scores.dtype)
+    out_scores, order = kept.topk(traced_min(kept, topk, 1), dim=1)
     out_cls = cls.gather(1, order).to(box.dtype)
     out_box = cand_box.gather(1, order[..., None].expand(-1, -1, 4))
     return torch.cat([out_scores[..., None], out_cls[..., None], out_box], dim=-1)

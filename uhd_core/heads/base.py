@@ -24,6 +24,8 @@ class DetectorHead(nn.Module, ABC):
 
     #: loss-term names this head reports besides the total ``loss`` (the dashboard shows these)
     loss_terms: tuple[str, ...] = ()
+    #: names of ``export_outputs`` in the order an export writes them (empty = the dict's order)
+    output_names: tuple[str, ...] = ()
 
     @abstractmethod
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]: ...

@@ -16,6 +16,7 @@ from torch import nn
 
 from uhd_core.config import RunConfig
 from uhd_core.heads.base import HEADS, DetectorHead
+from uhd_core.heads.tracing import traced_min
 from uhd_core.models.blocks import ConvBNAct
 
 #: CenterNet's weight of the size term (sizes are in feature cells, so they dwarf the offsets).
@@ -68,6 +69,7 @@ class CenterNetHead(DetectorHead):
     """
 
     loss_terms = ("hm", "off", "wh")
+    output_names = ("hm", "off", "wh")
 
     def __init__(self, in_channels: int, num_classes: int, heatmap_style: str = "gaussian", head_conv: int = 0,
                  activation: str = "swish") -> None:
@@ -165,13 +167,14 @@ def decode_centernet(heat: torch.Tensor, off: torch.Tensor, wh: torch.Tensor, to
     """heat (B, C, H, W) probabilities -> (B, K, 6) score, class, cx, cy, w, h (normalized).
 
     A cell is kept only if it is the maximum of its 3x3 neighbourhood (CenterNet's NMS-free peak
-    extraction). Traceable: no data-dependent Python control flow, so it exports to ONNX as is.
+    extraction). Traceable with dynamic shapes (k from the traced size), so it is also the merged
+    post-process of an ONNX export.
     """
     b, c, h, w = heat.shape
     peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = heat * (peaks == heat).to(heat.dtype)
-    k = min(topk, c * h * w)
-    scores, idx = heat.flatten(1).topk(k, dim=1)  # (B, K)
+    flat = heat.flatten(1)
+    scores, idx = flat.topk(traced_min(flat, topk, 1), dim=1)  # (B, K), K = min(topk, C*H*W)
     cls = torch.div(idx, h * w, rounding_mode="floor")
     cell = idx - cls * (h * w)
     ys = torch.div(cell, w, rounding_mode="floor")
