@@ -12,6 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aug_helpers import no_boxes as _no_boxes
+from aug_helpers import noise_image as _noise_image
+from aug_helpers import single_op_pipeline as _pipe
+from aug_helpers import to_cxcywh as _cxcywh
+from aug_helpers import to_xyxy as _xyxy
 from uhd_core.augment import (
     AUGMENT_OP_INFO,
     AUGMENT_OPS,
@@ -37,27 +42,6 @@ PARAMS = {
         }
     ),
 }
-
-
-def _noise_image(seed: int, shape: tuple[int, int] = (S, S)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
-
-
-def _pipe(name: str, **params) -> AugmentPipeline:
-    return AugmentPipeline([AugOpSpec(name, 1.0, params)])
-
-
-def _xyxy(cxcywh: np.ndarray) -> np.ndarray:
-    c, wh = cxcywh[:, :2], cxcywh[:, 2:]
-    return np.concatenate([c - wh / 2, c + wh / 2], axis=1)
-
-
-def _cxcywh(xyxy: np.ndarray) -> np.ndarray:
-    return np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float32)
-
-
-def _no_boxes() -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
 
 
 def _random_samples(n: int, shape: tuple[int, int] = (S, S), seed: int = 0):

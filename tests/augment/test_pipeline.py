@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import time
 import warnings
 from pathlib import Path
 

@@ -1,0 +1,32 @@
+"""Helpers shared by the augmentation op tests (pytest puts tests/augment on sys.path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from uhd_core.augment import AugmentPipeline, AugOpSpec
+
+#: Side of the square test images.
+S = 64
+
+
+def noise_image(seed: int, shape: tuple[int, int] = (S, S)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+def single_op_pipeline(name: str, **params) -> AugmentPipeline:
+    """A pipeline of op ``name`` alone, always applied."""
+    return AugmentPipeline([AugOpSpec(name, 1.0, params)])
+
+
+def to_xyxy(cxcywh: np.ndarray) -> np.ndarray:
+    c, wh = cxcywh[:, :2], cxcywh[:, 2:]
+    return np.concatenate([c - wh / 2, c + wh / 2], axis=1)
+
+
+def to_cxcywh(xyxy: np.ndarray) -> np.ndarray:
+    return np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float32)
+
+
+def no_boxes() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
