@@ -7,6 +7,7 @@ import typer
 from uhd_cli.commands import dataset
 from uhd_cli.commands.anchors import anchors
 from uhd_cli.commands.aug_preview import aug_preview
+from uhd_cli.commands.export import export
 from uhd_cli.commands.train import train
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app.command("train", context_settings={"max_content_width": 120})(train)
 app.add_typer(dataset.app, name="dataset")
 app.command("anchors")(anchors)
 app.command("aug-preview")(aug_preview)
+app.command("export")(export)
 
 
 def main() -> None:

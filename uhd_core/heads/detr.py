@@ -24,6 +24,7 @@ from uhd_core.config import RunConfig
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.box_iou import bbox_iou
 from uhd_core.heads.matching import match_queries, pairwise_match_cost
+from uhd_core.heads.tracing import traced_min
 
 
 @HEADS.register("detr")
@@ -101,7 +102,6 @@ class DetrHead(DetectorHead):
         score, sorted by score. No NMS: the one-to-one loss trains queries not to duplicate."""
         prob = outputs["logits"].float().softmax(-1)[..., : self.num_classes]
         score, cls = prob.max(-1)
-        k = min(topk, score.shape[1])
-        top_score, order = score.topk(k, dim=1)
+        top_score, order = score.topk(traced_min(score, topk, 1), dim=1)
         boxes = outputs["boxes"].float().gather(1, order[..., None].expand(-1, -1, 4))
         return torch.cat([top_score[..., None], cls.gather(1, order)[..., None].to(top_score.dtype), boxes], -1)

@@ -1,0 +1,104 @@
+"""`uhd export` as one call: checkpoint -> verified ONNX file, or a clear error.
+
+The architecture, head, classes, anchors, input size, ... come from the config stored in the
+checkpoint; arguments only override. Verification compares ONNX Runtime with PyTorch on random
+inputs at the export size (and at a second size/batch for dynamic exports); a file whose outputs
+differ by more than ``tol`` is kept with a ``.unverified`` suffix, never under the requested name.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uhd_core.config import build_config, stored_config
+from uhd_core.engine.checkpoint import load_checkpoint
+from uhd_core.errors import CheckpointError, ConfigError, RunDirError
+from uhd_core.export.onnx_export import ExportReport, export_onnx, verify_onnx
+from uhd_core.models.detector import build_detector
+
+VERIFY_TOL = 1e-4
+
+
+@dataclass
+class ExportResult:
+    report: ExportReport
+    path: Path  # where the file is now (``.unverified`` suffix when verification failed)
+    max_abs_diff: dict[str, float]
+    verified: bool
+    used_ema: bool
+    latency_ms: float | None  # ONNX Runtime, 1 thread, batch 1 at the export size (median)
+
+
+def ort_latency_ms(onnx_path: Path, shape: tuple[int, ...], runs: int = 50, threads: int = 1) -> float:
+    """Median ms of ``runs`` ONNX Runtime calls on a random input of ``shape`` (after 5 warm-up calls)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for _ in range(5):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, *,
+                      img_size: tuple[int, int] | None = None, opset: int = 17, merge_postprocess: bool = False,
+                      dynamic: bool = False, topk: int = 100, use_ema: bool | None = None,
+                      arch: str | None = None, batch_size: int = 1, overwrite: bool = False,
+                      latency: bool = True) -> ExportResult:
+    """Export a UHD checkpoint's student model to ONNX and verify it against PyTorch.
+
+    ``use_ema`` None = the EMA weights when the checkpoint has them. ``output`` None = the checkpoint's
+    path with ``.onnx``. An existing output is refused unless ``overwrite``.
+    """
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    overrides = {"arch": arch} if arch else {}
+    cfg = build_config(None, overrides, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})
+    size = tuple(img_size) if img_size else tuple(cfg.img_size)
+    out = Path(output) if output else checkpoint.with_suffix(".onnx")
+    if out.exists() and not overwrite:
+        raise RunDirError(f"{out} exists; pass --overwrite or another --output")
+    has_ema = bool(ckpt.get("ema"))
+    if use_ema and not has_ema:
+        raise ConfigError(f"--use-ema: {checkpoint} holds no EMA weights (trained without --use-ema)")
+    used_ema = has_ema if use_ema is None else use_ema
+    state = ckpt["ema"]["module"] if used_ema else ckpt["model"]
+    try:
+        model = build_detector(cfg)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not fit the stored config"
+                              f"{' with --arch ' + arch if arch else ''} ({str(exc).splitlines()[0]})") from None
+    model.eval()
+
+    report = export_onnx(model, cfg, out, img_size=size, opset=opset, merge_postprocess=merge_postprocess,
+                         dynamic=dynamic, topk=topk, batch_size=batch_size)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(batch_size, 3, *size, generator=gen)]
+    if dynamic:
+        stride = 16
+        inputs.append(torch.rand(batch_size + 2, 3, size[0] + stride * 2, size[1] + stride, generator=gen))
+    diffs = verify_onnx(model, out, inputs, tol=VERIFY_TOL)
+    verified = all(d <= VERIFY_TOL for d in diffs.values())
+    path = out
+    if not verified:
+        path = out.with_name(out.name + ".unverified")
+        os.replace(out, path)
+    ms = ort_latency_ms(path, (1, 3, *size)) if latency and verified and (dynamic or batch_size == 1) else None
+    return ExportResult(report, path, diffs, verified, used_ema, ms)
