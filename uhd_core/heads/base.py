@@ -54,3 +54,7 @@ class DetectorHead(nn.Module, ABC):
     def export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw outputs as exported without the merged post-process."""
         return outputs
+
+    def decode_exported(self, exported: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
+        """decode() for what ``export_outputs`` produced (an ONNX file's raw outputs); by default the same."""
+        return self.decode(exported, topk)

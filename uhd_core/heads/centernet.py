@@ -156,6 +156,10 @@ class CenterNetHead(DetectorHead):
     def export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"hm": torch.sigmoid(outputs["hm"]), "off": outputs["off"], "wh": outputs["wh"]}
 
+    def decode_exported(self, exported: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
+        # the exported heatmap is already a probability
+        return decode_centernet(exported["hm"].float(), exported["off"].float(), exported["wh"].float(), topk)
+
 
 def _gather_cells(maps: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """maps (B, 2, H, W), cell (B, M) flat indices -> (B, M, 2)."""

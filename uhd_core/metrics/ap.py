@@ -32,7 +32,7 @@ box are left out of the mean; if no class has ground truth the mean is 0.0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -113,6 +113,30 @@ class MapResult:
     per_class: dict[int, float]  # AP per class id, only classes with GT
     num_gt: dict[int, int]  # GT box count for every class id 0..num_classes-1 (0 included)
     iou_threshold: float
+    #: every detection of a class with GT, all classes pooled, by descending score: (score, is TP)
+    ranked_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ranked_tp: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def operating_point(self, conf: float) -> tuple[float, float, float]:
+        """(precision, recall, F1) of the detections scoring >= ``conf`` (all classes pooled)."""
+        total_gt = sum(self.num_gt.values())
+        n = int(np.searchsorted(-self.ranked_scores, -conf, side="right"))
+        tp = int(self.ranked_tp[:n].sum())
+        precision = tp / n if n else 0.0
+        recall = tp / total_gt if total_gt else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return precision, recall, f1
+
+    def best_f1(self) -> tuple[float, float]:
+        """(best F1 over all score thresholds, the threshold that gives it); (0, 1) without detections."""
+        total_gt = sum(self.num_gt.values())
+        if not self.ranked_scores.size or not total_gt:
+            return 0.0, 1.0
+        tp = np.cumsum(self.ranked_tp)
+        n = np.arange(1, tp.size + 1)
+        f1 = 2 * tp / (n + total_gt)  # = 2PR / (P + R)
+        i = int(np.argmax(f1))
+        return float(f1[i]), float(self.ranked_scores[i])
 
 
 # --------------------------------------------------------------------------- IoU
@@ -263,6 +287,7 @@ def evaluate_voc_map(
         best_gid = np.zeros(0, dtype=np.int64)
 
     per_class: dict[int, float] = {}
+    ranked_scores, ranked_tp = [], []
     for c in range(num_classes):
         n_gt = int(counts[c])
         if n_gt == 0:
@@ -280,13 +305,20 @@ def evaluate_voc_map(
         is_tp[hit_pos[first]] = True
         rec, prec = _pr_curve(is_tp, n_gt)
         per_class[c] = voc_ap_all_point(rec, prec)
+        ranked_scores.append(scores[order])
+        ranked_tp.append(is_tp)
 
     mean = float(np.mean(list(per_class.values()))) if per_class else 0.0
+    pooled_scores = np.concatenate(ranked_scores) if ranked_scores else np.zeros(0)
+    pooled_tp = np.concatenate(ranked_tp) if ranked_tp else np.zeros(0, dtype=bool)
+    rank = np.argsort(-pooled_scores, kind="stable")
     return MapResult(
         map=mean,
         per_class=per_class,
         num_gt={c: int(counts[c]) for c in range(num_classes)},
         iou_threshold=float(iou_threshold),
+        ranked_scores=pooled_scores[rank],
+        ranked_tp=pooled_tp[rank],
     )
 
 
