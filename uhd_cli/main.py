@@ -7,6 +7,7 @@ import typer
 from uhd_cli.commands import dataset
 from uhd_cli.commands.anchors import anchors
 from uhd_cli.commands.aug_preview import aug_preview
+from uhd_cli.commands.bench import bench
 from uhd_cli.commands.eval import eval_model
 from uhd_cli.commands.export import export
 from uhd_cli.commands.train import train
@@ -24,6 +25,7 @@ app.command("anchors")(anchors)
 app.command("aug-preview")(aug_preview)
 app.command("export")(export)
 app.command("eval")(eval_model)
+app.command("bench")(bench)
 
 
 def main() -> None:
