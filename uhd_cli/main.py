@@ -10,6 +10,7 @@ from uhd_cli.commands.aug_preview import aug_preview
 from uhd_cli.commands.bench import bench
 from uhd_cli.commands.eval import eval_model
 from uhd_cli.commands.export import export
+from uhd_cli.commands.predict import predict
 from uhd_cli.commands.train import train
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("aug-preview")(aug_preview)
 app.command("export")(export)
 app.command("eval")(eval_model)
 app.command("bench")(bench)
+app.command("predict")(predict)
 
 
 def main() -> None:

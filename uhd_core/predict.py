@@ -1,0 +1,143 @@
+"""`uhd predict`: run a model on an image, a folder of images or a video; write what it found.
+
+Detections are filtered at ``conf_thresh``; boxes are cxcywh normalized to the original image (the
+model input is a stretch-resize of it, so normalized boxes carry over unchanged). Class ids in every
+output are the *source* class ids of the training labels (``cfg.classes``), so ``--save-txt`` files are
+YOLO labels in the same id space as the data the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from uhd_core.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, resize_image
+from uhd_core.engine.checkpoint import atomic_write_text
+from uhd_core.errors import DataError, RunDirError
+from uhd_core.inference import load_predictor
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+_COLOUR = (0, 0, 255)  # BGR
+
+
+@dataclass
+class PredictSummary:
+    out_dir: Path
+    images: int = 0
+    detections: int = 0
+    skipped: list[str] = field(default_factory=list)  # unreadable files, "path: reason"
+    json_path: Path | None = None
+
+
+def _frames(source: Path) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """(name relative to the source, RGB image or None, error) for an image, a folder or a video."""
+    if source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                yield path.relative_to(source).as_posix(), decode_image(path), ""
+            except ImageDecodeError as exc:
+                yield path.relative_to(source).as_posix(), None, str(exc)
+    elif source.suffix.lower() in VIDEO_SUFFIXES:
+        cap = cv2.VideoCapture(str(source))
+        n = 0
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            yield f"{source.name}#{n:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ""
+            n += 1
+        cap.release()
+    else:
+        try:
+            yield source.name, decode_image(source), ""
+        except ImageDecodeError as exc:
+            yield source.name, None, str(exc)
+
+
+def count_frames(source: Path) -> int | None:
+    """Items predict will visit (for a progress bar); None when unknown."""
+    if source.is_dir():
+        return sum(1 for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if source.suffix.lower() in VIDEO_SUFFIXES:
+        cap = cv2.VideoCapture(str(source))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        return n if n > 0 else None
+    return 1
+
+
+def draw(image_rgb: np.ndarray, dets: np.ndarray, class_ids: list[int]) -> np.ndarray:
+    """Boxes and scores on a BGR copy of the original-size image."""
+    h, w = image_rgb.shape[:2]
+    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    thickness = max(1, round(min(h, w) / 200))
+    for (score, _, cx, cy, bw, bh), cid in zip(dets, class_ids, strict=True):
+        x1, y1 = int((cx - bw / 2) * w), int((cy - bh / 2) * h)
+        x2, y2 = int((cx + bw / 2) * w), int((cy + bh / 2) * h)
+        cv2.rectangle(out, (x1, y1), (x2, y2), _COLOUR, thickness)
+        cv2.putText(out, f"{cid} {score:.2f}", (x1, max(10, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4 * thickness, _COLOUR, thickness)
+    return out
+
+
+def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, conf_thresh: float = 0.3,
+            json_path: str | Path | None = None, save_txt: bool = False, overwrite: bool = False,
+            progress: Callable[[int], None] | None = None) -> PredictSummary:
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.exists():
+        raise DataError(f"--source {source} does not exist")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"--out {out_dir} already holds files; pass another --out or --overwrite")
+    predictor = load_predictor(model_path)
+    cfg = predictor.cfg
+    topk = cfg.topk
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary(out_dir)
+    records = []
+    writer = None
+    is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
+    for name, image, error in _frames(source):
+        if image is None:
+            summary.skipped.append(f"{name}: {error}")
+            continue
+        small = resize_image(image, predictor.img_size, predictor.resize_interpolation)
+        dets = predictor.predict(small[None], topk)[0]
+        dets = dets[dets[:, 0] >= conf_thresh]
+        class_ids = [int(cfg.classes[int(c)]) for c in dets[:, 1]]
+        h, w = image.shape[:2]
+        records.append({"file": name, "width": w, "height": h, "detections": [
+            {"score": round(float(d[0]), 5), "class_id": cid, "box_cxcywh": [round(float(v), 6) for v in d[2:6]]}
+            for d, cid in zip(dets, class_ids, strict=True)]})
+        annotated = draw(image, dets, class_ids)
+        if is_video:
+            if writer is None:
+                fps = cv2.VideoCapture(str(source)).get(cv2.CAP_PROP_FPS) or 25.0
+                writer = cv2.VideoWriter(str(out_dir / (source.stem + "_pred.mp4")),
+                                         cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(annotated)
+        else:
+            target = out_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), annotated)
+        if save_txt:
+            txt = out_dir / "labels" / (name.replace("#", "_") if is_video else name)
+            txt = txt.with_suffix(".txt")
+            txt.parent.mkdir(parents=True, exist_ok=True)
+            txt.write_text("".join(f"{cid} {d[2]:.6f} {d[3]:.6f} {d[4]:.6f} {d[5]:.6f}\n"
+                                   for d, cid in zip(dets, class_ids, strict=True)))
+        summary.images += 1
+        summary.detections += len(dets)
+        if progress is not None:
+            progress(summary.images)
+    if writer is not None:
+        writer.release()
+    if json_path is not None:
+        summary.json_path = Path(json_path)
+        summary.json_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(summary.json_path, json.dumps({"model": str(model_path), "images": records}, indent=1))
+    return summary
