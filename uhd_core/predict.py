@@ -1,6 +1,6 @@
 """`uhd predict`: run a model on an image, a folder of images or a video; write what it found.
 
-Detections are filtered at ``conf_thresh``; boxes are cxcywh normalized to the original image (the
+Detections are filtered at ``conf_thresh`` and cut to the image; boxes are cxcywh normalized to the original image (the
 model input is a stretch-resize of it, so normalized boxes carry over unchanged). Class ids in every
 output are the *source* class ids of the training labels (``cfg.classes``), so ``--save-txt`` files are
 YOLO labels in the same id space as the data the model was trained on.
@@ -71,6 +71,17 @@ def count_frames(source: Path) -> int | None:
     return 1
 
 
+def clip_to_image(dets: np.ndarray) -> np.ndarray:
+    """(K, 6) detections with boxes cut to the image (0..1); boxes left without area are dropped."""
+    x1 = np.clip(dets[:, 2] - dets[:, 4] / 2, 0, 1)
+    y1 = np.clip(dets[:, 3] - dets[:, 5] / 2, 0, 1)
+    x2 = np.clip(dets[:, 2] + dets[:, 4] / 2, 0, 1)
+    y2 = np.clip(dets[:, 3] + dets[:, 5] / 2, 0, 1)
+    out = dets.copy()
+    out[:, 2], out[:, 3], out[:, 4], out[:, 5] = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+    return out[(out[:, 4] > 0) & (out[:, 5] > 0)]
+
+
 def draw(image_rgb: np.ndarray, dets: np.ndarray, class_ids: list[int]) -> np.ndarray:
     """Boxes and scores on a BGR copy of the original-size image."""
     h, w = image_rgb.shape[:2]
@@ -107,7 +118,7 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
             continue
         small = resize_image(image, predictor.img_size, predictor.resize_interpolation)
         dets = predictor.predict(small[None], topk)[0]
-        dets = dets[dets[:, 0] >= conf_thresh]
+        dets = clip_to_image(dets[dets[:, 0] >= conf_thresh])
         class_ids = [int(cfg.classes[int(c)]) for c in dets[:, 1]]
         h, w = image.shape[:2]
         records.append({"file": name, "width": w, "height": h, "detections": [
