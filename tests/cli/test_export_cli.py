@@ -27,7 +27,8 @@ def test_export_merged_writes_a_verified_file_with_metadata(runner, tiny_checkpo
                                  "--dynamic"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert f"verified: {out}" in result.stdout
-    for text in ("params", "MACs", "output detections", "max |ORT - PyTorch| detections", "EMA", "ORT latency"):
+    for text in ("params", "MACs", "output detections", "max |ORT - PyTorch| detections", "EMA", "ORT latency",
+                 "cv2.dnn.readNetFromONNX", "max |OpenCV - ONNX Runtime|"):
         assert text in result.stdout, text
     model = onnx.load(str(out))
     assert [o.name for o in model.graph.output] == ["detections"]

@@ -62,6 +62,8 @@ def export(
         table.add_row(f"max |ORT - PyTorch| {name}", f"{diff:.2e}")
     if result.latency_ms is not None:
         table.add_row("ORT latency (1 thread, batch 1)", f"{result.latency_ms:.3f} ms")
+    if result.opencv_dnn:
+        table.add_row("cv2.dnn.readNetFromONNX", result.opencv_dnn)
     tracer_notes = [w for w in r.warnings if w.startswith("exporter:")]
     for warning in r.warnings:
         if warning not in tracer_notes:  # e.g. onnxsim fell back: worth reading

@@ -34,6 +34,7 @@ class ExportResult:
     verified: bool
     used_ema: bool
     latency_ms: float | None  # ONNX Runtime, 1 thread, batch 1 at the export size (median)
+    opencv_dnn: str = ""  # "max diff X vs ONNX Runtime", or why OpenCV's dnn module cannot run it
 
 
 def ort_latency_ms(onnx_path: Path, shape: tuple[int, ...], runs: int = 50, threads: int = 1) -> float:
@@ -54,6 +55,30 @@ def ort_latency_ms(onnx_path: Path, shape: tuple[int, ...], runs: int = 50, thre
         session.run(None, {name: x})
         times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times)
+
+
+def check_opencv_dnn(onnx_path: Path, image: np.ndarray) -> str:
+    """Load the file with ``cv2.dnn.readNetFromONNX`` and compare its outputs with ONNX Runtime.
+
+    image: (1, 3, H, W) float32. Returns a one-line verdict; never raises (embedded users deploy with
+    OpenCV, so an unsupported op is reported, not fatal).
+    """
+    import cv2
+    import onnxruntime as ort
+
+    try:
+        net = cv2.dnn.readNetFromONNX(str(onnx_path))
+        net.setInput(image)
+        names = net.getUnconnectedOutLayersNames()
+        got = net.forward(list(names))
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        want = session.run(None, {session.get_inputs()[0].name: image})
+        diff = max(float(np.abs(np.asarray(g).reshape(-1) - np.asarray(w).reshape(-1)).max())
+                   for g, w in zip(sorted(got, key=np.size), sorted(want, key=np.size), strict=True))
+        return f"runs; max |OpenCV - ONNX Runtime| {diff:.2e} (OpenCV {cv2.__version__})"
+    except Exception as exc:  # noqa: BLE001 - report any failure of the optional runtime
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot run it (OpenCV {cv2.__version__}): {first[:160]}"
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, *,
@@ -101,4 +126,5 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
         path = out.with_name(out.name + ".unverified")
         os.replace(out, path)
     ms = ort_latency_ms(path, (1, 3, *size)) if latency and verified and (dynamic or batch_size == 1) else None
-    return ExportResult(report, path, diffs, verified, used_ema, ms)
+    opencv = check_opencv_dnn(path, inputs[0].numpy()) if verified else ""
+    return ExportResult(report, path, diffs, verified, used_ema, ms, opencv)
