@@ -76,3 +76,19 @@ def test_corrupt_checkpoint_is_one_line_exit_2(runner, tmp_path, content):
 def test_missing_checkpoint_argument_is_one_line(runner):
     result = runner.invoke(app, ["export"])
     assert result.exit_code == 2 and "which checkpoint" in _one_error_line(result)
+
+
+def test_verification_includes_real_training_images(tiny_checkpoint, tmp_path, monkeypatch):
+    import uhd_core.export.api as api
+
+    seen = []
+    real_verify = api.verify_onnx
+
+    def spy(model, path, inputs, tol):
+        seen.extend(inputs)
+        return real_verify(model, path, inputs, tol=tol)
+
+    monkeypatch.setattr(api, "verify_onnx", spy)
+    result = api.export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx", latency=False)
+    assert result.verified and len(seen) == 2  # a random input and a batch of real images
+    assert seen[1].shape == (1, 3, 64, 64) and float(seen[1].std()) > 0.01

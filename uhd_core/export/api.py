@@ -2,7 +2,8 @@
 
 The architecture, head, classes, anchors, input size, ... come from the config stored in the
 checkpoint; arguments only override. Verification compares ONNX Runtime with PyTorch on random
-inputs at the export size (and at a second size/batch for dynamic exports); a file whose outputs
+inputs at the export size (and at a second size/batch for dynamic exports) and on real training
+images when the checkpoint's --image-dir is on this machine; a file whose outputs
 differ by more than ``tol`` is kept with a ``.unverified`` suffix, never under the requested name.
 """
 
@@ -55,6 +56,25 @@ def ort_latency_ms(onnx_path: Path, shape: tuple[int, ...], runs: int = 50, thre
         session.run(None, {name: x})
         times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times)
+
+
+def _real_images(cfg, size: tuple[int, int], count: int) -> torch.Tensor | None:
+    """``count`` training images (the checkpoint's --image-dir, resized as in training) as (count, 3, H, W)
+    float 0..1, or None when that folder is not on this machine: random inputs alone then."""
+    from uhd_core.augment.preview import load_preview_samples
+
+    folder = Path(cfg.image_dir)
+    if not folder.is_dir():
+        return None
+    try:
+        samples = load_preview_samples(folder, size, count, seed=0, classes=cfg.classes,
+                                       interpolation=cfg.resize_interpolation)
+    except Exception:  # noqa: BLE001 - an unreadable data folder must not fail an export
+        return None
+    if len(samples) < count:
+        return None
+    images = np.stack([s[0] for s in samples[:count]]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
 
 
 def check_opencv_dnn(onnx_path: Path, image: np.ndarray) -> str:
@@ -119,6 +139,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
     if dynamic:
         stride = 16
         inputs.append(torch.rand(batch_size + 2, 3, size[0] + stride * 2, size[1] + stride, generator=gen))
+    real = _real_images(cfg, size, batch_size)
+    if real is not None:
+        inputs.append(real)
     diffs = verify_onnx(model, out, inputs, tol=VERIFY_TOL)
     verified = all(d <= VERIFY_TOL for d in diffs.values())
     path = out
