@@ -238,6 +238,10 @@ def export_onnx(model: Detector, cfg: RunConfig, out_path: str | Path, *, img_si
             onnx.checker.check_model(result)
             onnx_model, simplified = result, True
 
+    if merge_postprocess:  # the detection count is named N in every merged graph (dynamic ones already are)
+        dims = onnx_model.graph.output[0].type.tensor_type.shape.dim
+        if len(dims) == 3 and not dims[1].dim_param:
+            dims[1].dim_param = "N"
     preprocess = {"color": "RGB", "scale": "0..1 float32", "layout": "NCHW", "resize": cfg.resize_interpolation,
                   "img_size": [h, w], "letterbox": False}
     meta = {
