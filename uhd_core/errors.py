@@ -21,3 +21,9 @@ class CheckpointError(UhdError):
 
 class RunDirError(UhdError):
     """A run directory that would be overwritten."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

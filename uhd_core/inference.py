@@ -19,7 +19,7 @@ import torch
 from uhd_core.config import RunConfig, build_config, stored_config
 from uhd_core.data.dataset import images_to_input
 from uhd_core.engine.checkpoint import load_checkpoint
-from uhd_core.errors import CheckpointError, UhdError
+from uhd_core.errors import CheckpointError, UhdError, first_line
 from uhd_core.models.detector import Detector, build_detector
 
 
@@ -98,7 +98,7 @@ def load_predictor(path: str | Path, use_ema: bool | None = None) -> Predictor:
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnx/onnxruntime raise many types for a bad file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise CheckpointError(f"{path}: cannot be read as an ONNX model ({first[:200]})") from None
     ckpt = load_checkpoint(path)
     cfg = build_config(None, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})

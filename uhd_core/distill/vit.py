@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uhd_core.errors import CheckpointError, ConfigError
+from uhd_core.errors import CheckpointError, ConfigError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -270,7 +270,7 @@ def load_vit_teacher(arch: str | ViTTeacherSpec, path: str | Path) -> tuple[ViTT
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path} cannot be loaded safely (weights_only=True): {first[:200]}") from None
     with torch.device("meta"):  # key names and shapes only: no memory, no random init
         sd = _strip_prefix(_unwrap(obj), set(ViTTeacher(spec).state_dict()))

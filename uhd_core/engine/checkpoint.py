@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from uhd_core.errors import CheckpointError
+from uhd_core.errors import CheckpointError, first_line
 
 CHECKPOINT_FORMAT = 1
 
@@ -54,7 +54,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(
             f"{path} cannot be loaded safely (weights_only=True): {first[:200]}"
         ) from None

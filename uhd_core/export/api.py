@@ -20,7 +20,7 @@ import torch
 
 from uhd_core.config import build_config, stored_config
 from uhd_core.engine.checkpoint import load_checkpoint
-from uhd_core.errors import CheckpointError, ConfigError, RunDirError
+from uhd_core.errors import CheckpointError, ConfigError, RunDirError, first_line
 from uhd_core.export.onnx_export import ExportReport, export_onnx, verify_onnx
 from uhd_core.models.detector import build_detector
 
@@ -97,7 +97,7 @@ def check_opencv_dnn(onnx_path: Path, image: np.ndarray) -> str:
                    for g, w in zip(sorted(got, key=np.size), sorted(want, key=np.size), strict=True))
         return f"runs; max |OpenCV - ONNX Runtime| {diff:.2e} (OpenCV {cv2.__version__})"
     except Exception as exc:  # noqa: BLE001 - report any failure of the optional runtime
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return f"cannot run it (OpenCV {cv2.__version__}): {first[:160]}"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uhd_core.errors import CheckpointError, ConfigError
+from uhd_core.errors import CheckpointError, ConfigError, first_line
 from uhd_core.export.onnx_export import count_macs, read_metadata
 
 
@@ -38,7 +38,7 @@ def bench_onnx(path: str | Path, threads: list[int], batches: list[int], runs: i
     try:
         meta = read_metadata(path)
     except Exception as exc:  # noqa: BLE001 - onnx raises many types for a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path}: cannot be read as a UHD ONNX export ({first[:200]})") from None
     h, w = meta["preprocess"]["img_size"]
     probe = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -39,7 +39,7 @@ from torch import nn
 
 from uhd_core.config import RunConfig
 from uhd_core.engine.checkpoint import atomic_write_bytes
-from uhd_core.errors import UhdError
+from uhd_core.errors import UhdError, first_line
 from uhd_core.models.detector import Detector, count_parameters
 
 INPUT_NAME = "images"
@@ -350,7 +350,7 @@ def verify_onnx(model: Detector, onnx_path: str | Path, inputs: Sequence[torch.T
         try:
             got = session.run(None, {INPUT_NAME: images.float().cpu().numpy()})
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ExportError(f"ONNX Runtime failed on input {list(images.shape)}: {first[:300]}") from exc
         for name, r, g in zip(names, refs, got):
             r_np = r.numpy()
