@@ -8,6 +8,7 @@ from uhd_cli.commands import dataset
 from uhd_cli.commands.anchors import anchors
 from uhd_cli.commands.aug_preview import aug_preview
 from uhd_cli.commands.bench import bench
+from uhd_cli.commands.dataset_check import dataset_check
 from uhd_cli.commands.eval import eval_model
 from uhd_cli.commands.export import export
 from uhd_cli.commands.predict import predict
@@ -28,6 +29,7 @@ app.command("export")(export)
 app.command("eval")(eval_model)
 app.command("bench")(bench)
 app.command("predict")(predict)
+app.command("dataset-check")(dataset_check)
 
 
 def main() -> None:

@@ -1,0 +1,70 @@
+"""`uhd dataset-check`: report what is wrong with a YOLO folder; exit 0 clean, 1 problems, 2 usage errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from uhd_cli.errors import friendly_errors
+from uhd_core.config import build_config
+
+
+@friendly_errors
+def dataset_check(
+    image_dir: Path = typer.Option(..., "--image-dir", help="YOLO folder: images with same-stem .txt labels."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Expected class ids (others are reported)."),
+    img_size: str = typer.Option("64x64", "--img-size", metavar="HxW", help="Training size, for box sizes in pixels."),
+    json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the report as JSON."),
+) -> None:
+    """Check labels and images: malformed lines, bad coordinates, duplicates, unreadable files, box sizes."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from uhd_core.data.check import INFO, PROBLEMS, check_dataset
+    from uhd_core.engine.checkpoint import atomic_write_text
+
+    cfg = build_config(overrides={"img_size": img_size, **({"classes": classes} if classes else {})})
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reading images", total=None)
+        report = check_dataset(image_dir, cfg.classes if classes else (), cfg.img_size,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console = Console()
+    counts = report.counts()
+    summary = Table(title=f"{report.image_dir}: {report.images} images, {report.label_files} label files, "
+                          f"{report.boxes} boxes")
+    summary.add_column("finding")
+    summary.add_column("count", justify="right")
+    summary.add_column("first examples")
+    for kind in [*sorted(PROBLEMS), *INFO]:
+        if counts.get(kind):
+            examples = [f"{f.where} {f.detail}".strip() for f in report.findings if f.kind == kind][:3]
+            summary.add_row(("[red]" if kind in PROBLEMS else "") + kind, str(counts[kind]), "\n".join(examples))
+    console.print(summary)
+    classes_table = Table(title="boxes per class")
+    classes_table.add_column("class", justify="right")
+    classes_table.add_column("boxes", justify="right")
+    for c, n in sorted(report.class_histogram.items()):
+        classes_table.add_row(str(c), str(n))
+    console.print(classes_table)
+    sizes = Table(title=f"box size (larger side) in pixels at {cfg.img_size[0]}x{cfg.img_size[1]}")
+    sizes.add_column("size")
+    sizes.add_column("boxes", justify="right")
+    for name, n in report.size_histogram.items():
+        sizes.add_row(name, str(n))
+    console.print(sizes)
+    console.print("smaller than one output cell: " + ", ".join(
+        f"stride {s}: {share:.1%}" for s, share in report.under_one_cell.items()))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json_path, json.dumps(dataclasses.asdict(report), indent=1))
+    if report.clean:
+        console.print("[green]clean[/green]: nothing that would break or silently change training")
+        return
+    problems = sum(counts[k] for k in PROBLEMS)
+    console.print(f"[red]{problems} problem(s) found[/red]")
+    raise typer.Exit(1)
