@@ -78,3 +78,25 @@ def test_cli_exits_1_and_writes_json(runner, broken, tmp_path):
 def test_missing_folder_is_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["dataset-check", "--image-dir", str(tmp_path / "none")])
     assert result.exit_code == 2
+
+
+def test_fix_writes_a_repaired_copy_and_lists_every_change(runner, broken, tmp_path):
+    before = {p.name: p.read_bytes() for p in broken.iterdir()}
+    out = tmp_path / "fixed"
+    result = runner.invoke(app, ["dataset-check", "--image-dir", str(broken), "--classes", "0", "--fix", str(out)],
+                           env=WIDE)
+    assert result.exit_code == 1, result.output  # the original still has problems
+    assert {p.name: p.read_bytes() for p in broken.iterdir()} == before  # originals untouched
+    report = json.loads((out / "fix_report.json").read_text())
+    reasons = {d["reason"] for d in report["dropped_lines"]}
+    assert {"malformed line", "w or h <= 0", "duplicate box", "no area inside the image"} <= reasons  # line 5: x 1.15..1.25
+    assert {d["file"] for d in report["dropped_images"]} == {"dup.jpg", "trunc.jpg"}
+    assert report["converted"] == ["gray.png -> gray.png"]
+    assert [c["line"] for c in report["clipped_lines"] if c["file"] == "a.txt"] == [7]
+    # the repaired copy checks clean (class 7 is a valid line, so check it with its classes)
+    fixed_report = check_dataset(out, classes=(0, 7))
+    assert fixed_report.clean, [f for f in fixed_report.findings if f.kind in PROBLEMS]
+    assert cv2.imread(str(out / "gray.png"), cv2.IMREAD_UNCHANGED).shape[2] == 3
+    # never into a folder that holds files
+    again = runner.invoke(app, ["dataset-check", "--image-dir", str(broken), "--fix", str(out)])
+    assert again.exit_code == 2

@@ -19,6 +19,9 @@ def dataset_check(
     classes: Optional[str] = typer.Option(None, "--classes", help="Expected class ids (others are reported)."),
     img_size: str = typer.Option("64x64", "--img-size", metavar="HxW", help="Training size, for box sizes in pixels."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the report as JSON."),
+    fix: Optional[Path] = typer.Option(None, "--fix", metavar="OUT_DIR",
+                                       help="Write a repaired copy here (originals untouched; fix_report.json lists "
+                                            "every change)."),
 ) -> None:
     """Check labels and images: malformed lines, bad coordinates, duplicates, unreadable files, box sizes."""
     from rich.console import Console
@@ -62,6 +65,14 @@ def dataset_check(
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json_path, json.dumps(dataclasses.asdict(report), indent=1))
+    if fix is not None:
+        from uhd_core.data.check import fix_dataset
+
+        fixed = fix_dataset(image_dir, fix)
+        atomic_write_text(fix / "fix_report.json", json.dumps(dataclasses.asdict(fixed), indent=1, default=str))
+        console.print(f"--fix wrote {fixed.images_written} images to {fix}: {len(fixed.dropped_images)} images left "
+                      f"out, {len(fixed.converted)} converted to 8-bit RGB, {len(fixed.dropped_lines)} label lines "
+                      f"dropped, {len(fixed.clipped_lines)} clipped (every change: {fix / 'fix_report.json'})")
     if report.clean:
         console.print("[green]clean[/green]: nothing that would break or silently change training")
         return

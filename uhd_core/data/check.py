@@ -171,3 +171,98 @@ def check_dataset(image_dir: str | Path, classes: tuple[int, ...] = (), img_size
     for s in STRIDES:
         report.under_one_cell[s] = float((side_arr < s).mean()) if side_arr.size else 0.0
     return report
+
+
+@dataclass
+class FixSummary:
+    out_dir: Path
+    images_written: int = 0
+    converted: list[str] = field(default_factory=list)  # images re-encoded as 8-bit 3-channel PNG
+    dropped_images: list[dict] = field(default_factory=list)  # {"file", "reason"}
+    dropped_lines: list[dict] = field(default_factory=list)  # {"file", "line", "text", "reason"}
+    clipped_lines: list[dict] = field(default_factory=list)  # {"file", "line", "before", "after"}
+
+
+def _fix_line(line: str) -> tuple[str | None, str]:
+    """-> (the repaired line or None to drop, why: '' unchanged / 'clipped' / a drop reason)."""
+    fields = line.split()
+    try:
+        if len(fields) != 5:
+            raise ValueError
+        cls_f, cx, cy, w, h = (float(v) for v in fields)
+    except ValueError:
+        return None, "malformed line"
+    if not cls_f.is_integer() or cls_f < 0 or not np.isfinite([cx, cy, w, h]).all():
+        return None, "malformed line"
+    if w <= 0 or h <= 0:
+        return None, "w or h <= 0"
+    x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+    if x2 - x1 <= _TOL or y2 - y1 <= _TOL:
+        return None, "no area inside the image"
+    if abs(x1 - (cx - w / 2)) < _TOL and abs(x2 - (cx + w / 2)) < _TOL and abs(y1 - (cy - h / 2)) < _TOL \
+            and abs(y2 - (cy + h / 2)) < _TOL:
+        return line, ""
+    return f"{int(cls_f)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}", "clipped"
+
+
+def fix_dataset(image_dir: str | Path, out_dir: str | Path) -> FixSummary:
+    """Write a repaired copy of a YOLO folder into ``out_dir`` (which must not hold files yet).
+
+    Unreadable and duplicate images are left out; images that are not 8-bit 3-channel (grayscale,
+    16-bit, 4-channel) are re-encoded as 8-bit RGB PNG; label lines that are malformed, have w/h <= 0
+    or no area in the image, and exact duplicates are dropped; boxes past the image are clipped.
+    The originals are only read. Everything left out or changed is listed in the summary (and in
+    ``fix_report.json`` by the CLI).
+    """
+    root = require_image_dir(image_dir)
+    out = Path(out_dir)
+    if out.resolve() == root.resolve():
+        raise ValueError("--fix must write to another folder than --image-dir")
+    if out.exists() and any(out.iterdir()):
+        from uhd_core.errors import RunDirError
+
+        raise RunDirError(f"--fix {out} already holds files; give an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = FixSummary(out)
+    seen_hashes: dict[str, str] = {}
+    for path in sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        data = path.read_bytes()
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+        if image is None or image.size == 0:
+            summary.dropped_images.append({"file": path.name, "reason": "unreadable image"})
+            continue
+        digest = hashlib.sha1(data).hexdigest()
+        if digest in seen_hashes:
+            summary.dropped_images.append({"file": path.name, "reason": f"duplicate of {seen_hashes[digest]}"})
+            continue
+        seen_hashes[digest] = path.name
+        if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+            target = out / path.name
+            target.write_bytes(data)
+        else:
+            target = out / (path.stem + ".png")
+            cv2.imwrite(str(target), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+            summary.converted.append(f"{path.name} -> {target.name}")
+        summary.images_written += 1
+        label = path.with_suffix(".txt")
+        if not label.exists():
+            continue
+        kept, seen_lines = [], set()
+        for lineno, raw in enumerate(label.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            fixed, why = _fix_line(line)
+            if fixed is None:
+                summary.dropped_lines.append({"file": label.name, "line": lineno, "text": line, "reason": why})
+                continue
+            if fixed in seen_lines:
+                summary.dropped_lines.append({"file": label.name, "line": lineno, "text": line,
+                                              "reason": "duplicate box"})
+                continue
+            if why == "clipped":
+                summary.clipped_lines.append({"file": label.name, "line": lineno, "before": line, "after": fixed})
+            seen_lines.add(fixed)
+            kept.append(fixed)
+        (out / (path.stem + ".txt")).write_text("".join(k + "\n" for k in kept))
+    return summary
