@@ -30,3 +30,16 @@ def to_cxcywh(xyxy: np.ndarray) -> np.ndarray:
 
 def no_boxes() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+
+
+def draw_boxes(data, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random boxes (hypothesis ``data``) as (xyxy, cxcywh); corners lie anywhere in
+    [-0.25, 1.25]: inputs may stick out of the image and degenerate boxes are allowed."""
+    import hypothesis.strategies as st
+
+    corners = np.array(
+        data.draw(st.lists(st.floats(-0.25, 1.25), min_size=4 * n, max_size=4 * n), label="corners"),
+        dtype=np.float32,
+    ).reshape(n, 4)
+    xyxy = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])], 1)
+    return xyxy, to_cxcywh(xyxy)

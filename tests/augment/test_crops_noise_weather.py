@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aug_helpers import draw_boxes
 from aug_helpers import no_boxes as _no_boxes
 from aug_helpers import noise_image as _noise_image
 from aug_helpers import single_op_pipeline as _pipe
@@ -67,13 +68,7 @@ def test_op_keeps_boxes_valid_and_aligned(name, data):
     shape = data.draw(st.sampled_from([(S, S), (48, S)]), label="shape")
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     n = data.draw(st.integers(0, 6), label="n_boxes")
-    # Corners anywhere in [-0.25, 1.25] (inputs may stick out; degenerate boxes allowed).
-    corners = np.array(
-        data.draw(st.lists(st.floats(-0.25, 1.25), min_size=4 * n, max_size=4 * n), label="corners"),
-        dtype=np.float32,
-    ).reshape(n, 4)
-    xyxy = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])], 1)
-    boxes = _cxcywh(xyxy)
+    xyxy, boxes = draw_boxes(data, n)
     labels = np.arange(100, 100 + n, dtype=np.int64)  # unique: alignment is checkable
     img = _noise_image(seed % 1000, shape)
     img_before, boxes_before = img.copy(), boxes.copy()

@@ -218,8 +218,9 @@ class Trainer:
         if not train_files:
             raise DataError(f"--image-dir {cfg.image_dir}: no training image could be decoded")
 
-        def subset(files: list[str], augment, images: np.ndarray, student_size=None) -> CachedDetectionDataset:
-            rows = [row[f] for f in files]
+        def subset(files: list[str], augment, images: np.ndarray, student_size=None,
+                   row_of: dict[str, int] = row) -> CachedDetectionDataset:
+            rows = [row_of[f] for f in files]
             return CachedDetectionDataset(
                 images[rows], [index.boxes[position[f]] for f in files],
                 [index.labels[position[f]] for f in files], augment=augment, seed=cfg.seed,
@@ -232,8 +233,9 @@ class Trainer:
             return subset(train_files, augment, decoded.images), val_set
         # The teacher sees each augmented sample at its own (larger) size: augment there, resize down
         # for the student. Train images only; decode failures are the same at any size.
-        large = decode_all(index.root, used, teacher_size, cfg.resize_interpolation, cache_dir)
-        return subset(train_files, augment, large.images, student_size=cfg.img_size), val_set
+        large = decode_all(index.root, train_files, teacher_size, cfg.resize_interpolation, cache_dir)
+        return subset(train_files, augment, large.images, student_size=cfg.img_size,
+                      row_of={f: i for i, f in enumerate(train_files)}), val_set
 
     def _loaders(self, train_set, val_set, device: torch.device) -> tuple[DataLoader, EpochShuffleSampler, DataLoader]:
         cfg = self.cfg
