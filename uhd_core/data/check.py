@@ -64,6 +64,21 @@ INFO = ("image without label file", "empty label file", "grayscale image", "16-b
         "extreme aspect ratio")
 
 
+def parse_line(line: str) -> tuple[int, float, float, float, float] | None:
+    """``class cx cy w h`` -> (class, cx, cy, w, h), or None when malformed (field count, numbers, a
+    negative or fractional class, non-finite values). Range checks are the callers'."""
+    fields = line.split()
+    if len(fields) != 5:
+        return None
+    try:
+        cls_f, cx, cy, w, h = (float(v) for v in fields)
+    except ValueError:
+        return None
+    if not cls_f.is_integer() or cls_f < 0 or not np.isfinite([cx, cy, w, h]).all():
+        return None
+    return int(cls_f), cx, cy, w, h
+
+
 def _check_image(path: Path) -> tuple[str | None, list[str], tuple[int, int] | None]:
     """(sha1 of the bytes or None, notes, (h, w))."""
     try:
@@ -105,14 +120,11 @@ def _check_labels(path: Path, classes: set[int], report: CheckReport, sides: lis
             continue
         where = f"{path}:{lineno}"
         fields = line.split()
-        try:
-            cls_f, cx, cy, w, h = (float(v) for v in fields) if len(fields) == 5 else (None,) * 5
-        except ValueError:
-            cls_f = None
-        if cls_f is None or not float(cls_f).is_integer() or cls_f < 0 or not np.isfinite([cx, cy, w, h]).all():
+        parsed = parse_line(line)
+        if parsed is None:
             report.findings.append(Finding("malformed line", where, line[:80]))
             continue
-        cls = int(cls_f)
+        cls, cx, cy, w, h = parsed
         if tuple(fields) in seen:
             report.findings.append(Finding("duplicate box", where, line[:80]))
         seen.add(tuple(fields))
@@ -185,15 +197,10 @@ class FixSummary:
 
 def _fix_line(line: str) -> tuple[str | None, str]:
     """-> (the repaired line or None to drop, why: '' unchanged / 'clipped' / a drop reason)."""
-    fields = line.split()
-    try:
-        if len(fields) != 5:
-            raise ValueError
-        cls_f, cx, cy, w, h = (float(v) for v in fields)
-    except ValueError:
+    parsed = parse_line(line)
+    if parsed is None:
         return None, "malformed line"
-    if not cls_f.is_integer() or cls_f < 0 or not np.isfinite([cx, cy, w, h]).all():
-        return None, "malformed line"
+    cls, cx, cy, w, h = parsed
     if w <= 0 or h <= 0:
         return None, "w or h <= 0"
     x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
@@ -202,7 +209,7 @@ def _fix_line(line: str) -> tuple[str | None, str]:
     if abs(x1 - (cx - w / 2)) < _TOL and abs(x2 - (cx + w / 2)) < _TOL and abs(y1 - (cy - h / 2)) < _TOL \
             and abs(y2 - (cy + h / 2)) < _TOL:
         return line, ""
-    return f"{int(cls_f)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}", "clipped"
+    return f"{cls} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}", "clipped"
 
 
 def fix_dataset(image_dir: str | Path, out_dir: str | Path) -> FixSummary:
