@@ -99,6 +99,39 @@ def test_no_print_calls_in_uhd_core():
     assert not offenders, "uhd_core emits events instead of printing:\n" + "\n".join(offenders)
 
 
+def _unsafe_loads(tree: ast.AST) -> list[int]:
+    """Lines that could run code from a file: yaml.load/full_load/unsafe_load, torch.load without
+    weights_only=True, pickle.load(s)."""
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)):
+            continue
+        module, name = node.func.value.id, node.func.attr
+        weights_only = {k.arg: k.value for k in node.keywords}.get("weights_only")
+        if ((module == "yaml" and name in ("load", "full_load", "unsafe_load", "load_all"))
+                or (module == "pickle" and name in ("load", "loads"))
+                or (module == "torch" and name == "load"
+                    and not (isinstance(weights_only, ast.Constant) and weights_only.value is True))):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_unsafe_load_scanner_finds_each_form():
+    code = "yaml.load(f)\ntorch.load(p)\ntorch.load(p, weights_only=False)\npickle.loads(b)\n" \
+           "yaml.safe_load(f)\ntorch.load(p, weights_only=True)\n"
+    assert _unsafe_loads(ast.parse(code)) == [1, 2, 3, 4]
+
+
+def test_no_file_is_ever_loaded_unsafely():
+    """Checkpoints with weights_only=True, YAML with safe_load (docs/RELIABILITY.md section 1)."""
+    offenders = []
+    for path in _core_sources() + sorted((REPO / "uhd_cli").rglob("*.py")):
+        offenders += [f"{path.relative_to(REPO)}:{line}"
+                      for line in _unsafe_loads(ast.parse(path.read_text(encoding="utf-8"), str(path)))]
+    assert not offenders, "unsafe loads:\n" + "\n".join(offenders)
+
+
 # ------------------------------------------------------------------------------------------------
 # packaging
 

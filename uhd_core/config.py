@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from uhd_core.data.labels import MAX_CLASS_ID
 from uhd_core.errors import ConfigError
 
 #: The original tool's default augmentation path; accepted as the name of the built-in config.
@@ -77,6 +78,9 @@ class RunConfig(BaseModel):
     lr: float = Field(0.001, gt=0.0, **_flag("AdamW learning rate (cosine-annealed over --epochs).", group="optim"))
     weight_decay: float = Field(0.0001, ge=0.0, **_flag("AdamW weight decay.", group="optim"))
     grad_clip_norm: float = Field(5.0, ge=0.0, **_flag("Gradient-norm clip (0 disables).", group="optim"))
+    max_nonfinite_steps: int = Field(
+        20, ge=1, **_flag("Stop after this many consecutive steps with a NaN/inf loss (each is skipped).", group="optim")
+    )
     use_amp: bool = Field(False, **_flag("Mixed precision: fp16+GradScaler on CUDA, bf16 autocast on CPU.", group="optim"))
     use_ema: bool = Field(False, **_flag("Keep an exponential moving average of the weights (used for eval).", group="optim"))
     ema_decay: float = Field(0.9998, gt=0.0, lt=1.0, **_flag("EMA decay (ramped up over the first updates).", group="optim"))
@@ -217,6 +221,8 @@ class RunConfig(BaseModel):
     def _check_classes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value:
             raise ValueError("classes must name at least one class id")
+        if not all(0 <= v <= MAX_CLASS_ID for v in value):
+            raise ValueError(f"class ids must be within 0..{MAX_CLASS_ID}, got {value}")
         if len(set(value)) != len(value):
             raise ValueError(f"classes has duplicates: {value}")
         return value
@@ -235,6 +241,14 @@ class RunConfig(BaseModel):
                 if len(wh) != 2:
                     raise ValueError(f"anchors must look like '0.08,0.10 0.15,0.20', bad item {item!r}")
             return tuple(pairs)
+        return value
+
+    @field_validator("anchors")
+    @classmethod
+    def _check_anchors(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        # Normalized sides: a NaN, inf, 0 or > 1 anchor would train to NaN or match no box.
+        if not all(0.0 < side <= 1.0 for pair in value for side in pair):
+            raise ValueError(f"anchor sides are normalized and must be within (0, 1], got {value}")
         return value
 
     @model_validator(mode="after")
@@ -298,9 +312,24 @@ def check_implemented(cfg: RunConfig) -> None:
     for flag, (student_arch, what) in TEACHER_STUDENT_ARCH.items():
         if getattr(cfg, flag) and cfg.arch != student_arch:
             raise ConfigError(f"{flag_name(flag)} distils {what}; use --arch {student_arch}")
+    check_img_size_fits_stride(cfg, cfg.img_size)
     if cfg.head_name not in HEADS_BY_ARCH[cfg.arch]:
         raise ConfigError(f"--arch {cfg.arch} has no {cfg.head_name} head (it has: {', '.join(HEADS_BY_ARCH[cfg.arch])}); "
                           "--use-anchor is a CNN head")
+
+
+def check_img_size_fits_stride(cfg: RunConfig, size: tuple[int, int], flag: str = "--img-size") -> None:
+    """ConfigError unless a CNN's input sides are multiples of its output stride (transformers take any size).
+
+    The grid heads map normalized boxes onto a ceil(side / stride) grid whose cells are `stride`
+    pixels apart in the image: at 65 px, 5 cells span 80 px and targets drift up to a cell away from
+    the features that see them. Nothing fails; the model just learns worse, so refuse it up front.
+    """
+    s = cfg.output_stride
+    if cfg.arch == "cnn" and any(side % s for side in size):
+        h, w = size
+        fit = f"{-(-h // s) * s}x{-(-w // s) * s}"
+        raise ConfigError(f"{flag} {h}x{w}: sides must be multiples of --output-stride {s} (e.g. {fit})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,6 +369,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
+    except RecursionError:  # PyYAML composes nested collections recursively: '[[[[...' overflows it
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if data is None:

@@ -20,7 +20,16 @@ class CheckpointError(UhdError):
 
 
 class RunDirError(UhdError):
-    """A run directory that would be overwritten."""
+    """A run directory that would be overwritten, or that cannot be written."""
+
+
+class TrainingError(UhdError):
+    """Training started but could not go on (diverged, a save failed, a data-loader worker died).
+
+    Exit code 1: the request was valid; the run failed. Its last good checkpoint is kept.
+    """
+
+    exit_code = 1
 
 
 def first_line(exc: BaseException) -> str:

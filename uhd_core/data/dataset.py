@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from uhd_core.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, resize_image
 from uhd_core.data.labels import LabelIssue, read_label_file, select_classes
-from uhd_core.errors import DataError
+from uhd_core.errors import DataError, first_line
 
 CACHE_FORMAT = 1
 ProgressFn = Callable[[int, int], None]
@@ -189,7 +189,7 @@ class CachedDetectionDataset(Dataset):
 
     def __init__(self, images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray],
                  augment: AugmentFn | None = None, seed: int = 0, student_size: tuple[int, int] | None = None,
-                 interpolation: str = "area") -> None:
+                 interpolation: str = "area", names: list[str] | None = None) -> None:
         self.images = images
         self.boxes = boxes
         self.labels = labels
@@ -197,6 +197,7 @@ class CachedDetectionDataset(Dataset):
         self.seed = seed
         self.student_size = student_size
         self.interpolation = interpolation
+        self.names = names  # source file of each item, for error messages
 
     def __len__(self) -> int:
         return len(self.images)
@@ -211,7 +212,12 @@ class CachedDetectionDataset(Dataset):
         image, boxes, labels = self.images[index], self.boxes[index], self.labels[index]
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, epoch, index))
-            image, boxes, labels = self.augment(image, boxes, labels, rng, source=self.random_sample)
+            try:
+                image, boxes, labels = self.augment(image, boxes, labels, rng, source=self.random_sample)
+            except Exception as exc:  # noqa: BLE001 - name the image, whatever the op raised
+                name = self.names[index] if self.names else f"item {index}"
+                raise DataError(f"{name} (epoch {epoch}): augmentation failed: "
+                                f"{type(exc).__name__}: {first_line(exc)}") from exc
         if self.student_size is not None:
             return resize_image(image, self.student_size, self.interpolation), boxes, labels, image
         return image, boxes, labels

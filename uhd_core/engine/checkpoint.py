@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +55,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        first = first_line(exc)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; never do that for a file from someone else.
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({refused.group(1)})" if refused else ""
         raise CheckpointError(
-            f"{path} cannot be loaded safely (weights_only=True): {first[:200]}"
+            f"{path} cannot be loaded safely: it holds pickled Python objects{what} beyond tensors and plain data, "
+            "and unpickling them could run arbitrary code. UHD never writes such files; if you trust its source, "
+            "load it in Python yourself and re-save only its state_dicts"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+        raise CheckpointError(
+            f"{path} cannot be loaded safely as a checkpoint (truncated or not a torch file?): {first_line(exc)[:200]}"
         ) from None
     if not isinstance(ckpt, dict) or "format" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a UHD checkpoint (no format/config)")

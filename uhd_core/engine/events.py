@@ -89,9 +89,10 @@ class StepEnded(Event):
 @dataclass(frozen=True)
 class EpochEnded(Event):
     epoch: int
-    losses: dict[str, float]  # means over the epoch
+    losses: dict[str, float]  # means over the epoch's finite steps
     seconds: float
     imgs_per_s: float
+    skipped_steps: int = 0  # steps whose loss was NaN/inf (no update was made)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class EvalFinished(Event):
 class CheckpointSaved(Event):
     epoch: int
     path: str
-    kind: str  # "last" | "best"
+    kind: str  # "last" | "best" | "manual" (asked for mid-epoch)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def format_event_line(event: Event) -> str | None:
                 f"lr={event.lr:.2e} {event.imgs_per_s:.0f} img/s")
     if isinstance(event, EpochEnded):
         terms = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
-        return f"epoch {event.epoch} done in {event.seconds:.1f}s ({event.imgs_per_s:.0f} img/s) {terms}"
+        skipped = f" ({event.skipped_steps} steps skipped: non-finite loss)" if event.skipped_steps else ""
+        return f"epoch {event.epoch} done in {event.seconds:.1f}s ({event.imgs_per_s:.0f} img/s) {terms}{skipped}"
     if isinstance(event, EvalFinished):
         return (f"eval epoch {event.epoch}: mAP@0.5 {event.map50:.5f} (best {event.best_map50:.5f})"
                 + (" new best" if event.is_best else ""))

@@ -51,6 +51,9 @@ def evaluate_model(model_path: str | Path, image_dir: str | Path, *, classes: tu
     decoded = decode_all(index.root, index.files, predictor.img_size, predictor.resize_interpolation,
                          default_cache_dir())
     rows = np.flatnonzero(decoded.ok)
+    if len(rows) == 0:  # scoring nothing would report mAP 0 as if the model had failed
+        raise DataError(f"--image-dir {index.root}: none of its {len(index)} labelled images could be decoded "
+                        f"({decoded.errors[0]})")
     dets, gts = [], []
     seconds = 0.0
     for start in range(0, len(rows), batch_size):

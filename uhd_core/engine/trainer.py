@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 import traceback
 import warnings
@@ -49,7 +51,7 @@ from uhd_core.engine.events import (
     WeightsLoaded,
 )
 from uhd_core.engine.render import write_renders
-from uhd_core.errors import CheckpointError, ConfigError, DataError, RunDirError, UhdError
+from uhd_core.errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingError, UhdError, first_line
 from uhd_core.models.detector import Detector, build_detector, count_parameters
 from uhd_core.models.registry import BACKBONES
 
@@ -58,6 +60,9 @@ NUM_RENDERS = 10
 MAX_REPORTED_ISSUES = 20
 #: The cosine schedule ends at this fraction of --lr rather than 0, so the last epochs still learn.
 FINAL_LR_FRACTION = 0.01
+#: Free disk space required before training: this many checkpoints (a best and a last, plus the temp
+#: file of the next save) of the model's estimated size.
+CHECKPOINTS_OF_HEADROOM = 3
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class RunResult:
     last_checkpoint: Path | None
     epochs_done: int
     stopped_early: bool
+    #: The signal (SIGINT/SIGTERM number) that stopped the run gracefully; 0 when none did.
+    stop_signal: int = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,6 +132,90 @@ def cosine_lr_lambda(total_steps: int):
     return factor
 
 
+def require_writable_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove a file can be written there, before any work is done."""
+    probe = run_dir / f".write_probe.{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"run dir {run_dir} is not writable: {exc.strerror or first_line(exc)} "
+                          "(choose another --runs-dir)") from None
+
+
+def estimated_checkpoint_bytes(model: torch.nn.Module, with_ema: bool) -> int:
+    """Model + AdamW's two moments (+ EMA copy) in the parameters' dtype, plus a little for the rest."""
+    tensor_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return tensor_bytes * (3 + int(with_ema)) + 64 * 1024
+
+
+def require_free_space(run_dir: Path, needed: int) -> None:
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise RunDirError(f"only {free / 1e6:.1f} MB free under {run_dir}; checkpoints of this model need about "
+                          f"{needed / 1e6:.1f} MB (free some space or choose another --runs-dir)")
+
+
+def detach_worker_from_job_signals(_worker_id: int) -> None:
+    """Ctrl-C (and a SIGTERM sent to the job's process group, e.g. by `timeout` or a container stop)
+    reaches every process of the group; only the main process should decide (finish the step, save).
+    A worker in a process group of its own is not signalled with the job, yet still stops when the
+    main process shuts it down (SIGTERM to its pid) or dies (torch's worker loop watches its parent)."""
+    os.setpgid(0, 0)
+
+
+def original_worker_error(exc: BaseException) -> str:
+    """The original error of a DataLoader worker: torch re-raises it with the whole worker traceback in
+    the message, whose last line is ``Type: message`` of the exception raised in the worker."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        qualified_type, _, message = text.splitlines()[-1].partition(": ")
+        return f"{qualified_type.rsplit('.', 1)[-1]}: {message}"
+    if "DataLoader worker" in text:  # killed (e.g. out of memory) rather than raising
+        return f"{first_line(exc)} (out of memory? try a smaller --batch-size or --num-workers 0)"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def batches_surfacing_worker_errors(loader: DataLoader):
+    """Iterate ``loader``; a failure while loading becomes one TrainingError naming the original error
+    (whose message names the image; see CachedDetectionDataset) instead of a worker traceback."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever failed in the worker, say it in one line
+            raise TrainingError(f"loading a training batch failed: {original_worker_error(exc)}") from exc
+        yield batch
+
+
+def initial_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """What --ckpt copies from a checkpoint: its EMA weights when it has them, else the model's."""
+    return ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
+
+
+def compare_state_dicts(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                        ) -> tuple[list[str], list[str], list[str]]:
+    """(missing from ``state``, unexpected in it, "name: checkpoint (shape) vs model (shape)") for ``own``."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, mismatched
+
+
+def require_exact_fit(path: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+    """Without --ckpt-non-strict, any difference is an error listing (the first of) each kind."""
+    parts = [f"{title} {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+             for title, names in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched))
+             if names]
+    if parts:
+        raise CheckpointError(f"--ckpt {path} does not match this model: {'; '.join(parts)}; "
+                              "use --ckpt-non-strict to load the matching tensors only")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, bus: EventBus | None = None, *, resume_checkpoint: dict[str, Any] | None = None,
                  resume_path: Path | None = None) -> None:
@@ -135,23 +226,40 @@ class Trainer:
             BACKBONES.get(cfg.arch)(cfg)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        require_image_dir(cfg.image_dir)  # before any run dir is made for a run that cannot start
+        # Everything a run can be refused for is checked here, before any run dir, log or event file
+        # is made for a run that cannot start.
+        self.index = scan_yolo_folder(require_image_dir(cfg.image_dir), cfg.classes)
+        self.device = resolve_device(cfg.device)
+        load_augment_pipeline(cfg.aug_config)  # a bad op or value: ConfigError now, not in a worker
         for flag, path in (("--ckpt", cfg.ckpt), ("--teacher-ckpt", cfg.teacher_ckpt)):
             if path and not Path(path).expanduser().is_file():
                 raise CheckpointError(f"{flag} {path}: no such checkpoint file")
+            if path:
+                loaded = load_checkpoint(path)  # refuses unsafe or unknown-format files
+                if flag == "--ckpt" and not cfg.ckpt_non_strict:
+                    # Anchors fitted later (--auto-anchors) only set values; stand-ins give the same shapes.
+                    shaped = cfg if cfg.anchors or not cfg.use_anchor else cfg.model_copy(
+                        update={"anchors": ((0.1, 0.1),) * cfg.num_anchors})
+                    require_exact_fit(path, *compare_state_dicts(build_detector(shaped).state_dict(),
+                                                                 initial_weights(loaded)))
         if cfg.teacher_backbone and not Path(cfg.teacher_backbone).expanduser().is_file():
             spec = VIT_TEACHER_ARCHS.get(cfg.teacher_backbone_arch)
             wanted = f"; obtain the official {spec.official_file} and put it there" if spec else ""
             raise CheckpointError(f"--teacher-backbone {cfg.teacher_backbone}: no such file{wanted} "
                                   "(or pass --teacher-backbone PATH)")
+        # The teacher loads here (a file of the wrong layout is refused now); its own RNG use (a feature
+        # adapter's init) is forked off so that the model's init depends on the seed alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self._distiller: Distiller | None = build_distiller(cfg, self.device)
         self.cfg = cfg
         self.bus = bus or EventBus()
         self.resume_checkpoint = resume_checkpoint
         self.resume_path = resume_path
         self._stop_requested = False
         self._save_requested = False
-        self._distiller: Distiller | None = None  # set by run(); its student side goes into checkpoints
         self.run_dir = self._prepare_run_dir()
+        require_writable_dir(self.run_dir)
 
     # -- control from other threads (dashboard keys, signal handlers) ---------------------------
     def request_stop(self) -> None:
@@ -165,7 +273,12 @@ class Trainer:
     def _prepare_run_dir(self) -> Path:
         cfg = self.cfg
         if self.resume_path is not None:
-            return self.resume_path.resolve().parent
+            run_dir = self.resume_path.resolve().parent
+            # Temp files of saves cut short by a crash (kill -9 mid-write); the checkpoints themselves
+            # were only ever renamed into place complete.
+            for stale in run_dir.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            return run_dir
         run_dir = Path(cfg.runs_dir) / cfg.exp_name
         if run_dir.is_dir() and any(run_dir.glob("*.pt")) and not cfg.exist_ok:
             raise RunDirError(
@@ -180,7 +293,7 @@ class Trainer:
         (also) decoded at that size and every training item carries both renditions (see
         CachedDetectionDataset); validation stays student-only."""
         cfg = self.cfg
-        index = scan_yolo_folder(Path(cfg.image_dir), cfg.classes)
+        index = self.index
         if len(index) == 0:
             raise DataError(f"--image-dir {cfg.image_dir}: no image has a box of --classes {','.join(map(str, cfg.classes))}")
         split_path = self.run_dir / "split.json"
@@ -224,7 +337,7 @@ class Trainer:
             return CachedDetectionDataset(
                 images[rows], [index.boxes[position[f]] for f in files],
                 [index.labels[position[f]] for f in files], augment=augment, seed=cfg.seed,
-                student_size=student_size, interpolation=cfg.resize_interpolation,
+                student_size=student_size, interpolation=cfg.resize_interpolation, names=files,
             )
 
         augment = load_augment_pipeline(cfg.aug_config)
@@ -246,6 +359,7 @@ class Trainer:
             train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_detection,
             num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
             drop_last=len(train_set) > cfg.batch_size,  # a trailing batch of 1 would break BatchNorm
+            worker_init_fn=detach_worker_from_job_signals if workers > 0 else None,
         )
         val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
                                 collate_fn=collate_detection, num_workers=0, pin_memory=pin)
@@ -273,19 +387,11 @@ class Trainer:
         Strict: any missing, unexpected or shape-mismatched tensor is an error that lists them.
         --ckpt-non-strict: copy every tensor whose name and shape match, report the rest (WeightsLoaded).
         """
-        ckpt = load_checkpoint(path)
-        state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
+        state = initial_weights(load_checkpoint(path))
         own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                      for k in own if k in state and state[k].shape != own[k].shape]
-        if (missing or unexpected or mismatched) and not self.cfg.ckpt_non_strict:
-            parts = [f"{title} {len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
-                     for title, names in (("missing", missing), ("unexpected", unexpected),
-                                          ("shape-mismatched", mismatched)) if names]
-            raise CheckpointError(f"--ckpt {path} does not match this model: {'; '.join(parts)}; "
-                                  "use --ckpt-non-strict to load the matching tensors only")
+        missing, unexpected, mismatched = compare_state_dicts(own, state)
+        if not self.cfg.ckpt_non_strict:
+            require_exact_fit(path, missing, unexpected, mismatched)
         matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(matching, strict=False)
         self.bus.emit(WeightsLoaded(str(path), not self.cfg.ckpt_non_strict, len(matching), len(own),
@@ -304,9 +410,9 @@ class Trainer:
 
     def _run(self) -> RunResult:
         cfg = self.cfg
-        device = resolve_device(cfg.device)
+        device = self.device
         torch.manual_seed(cfg.seed)
-        distiller = self._distiller = build_distiller(cfg, device)  # first: its input size shapes the data
+        distiller = self._distiller  # its teacher's input size shapes the data
         train_set, val_set = self._prepare_data(distiller.teacher_img_size if distiller is not None else None)
         train_loader, sampler, val_loader = self._loaders(train_set, val_set, device)
         steps_per_epoch = len(train_loader)
@@ -325,6 +431,7 @@ class Trainer:
         amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if cfg.use_amp else None
         scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
         ema = ModelEMA(model, cfg.ema_decay) if cfg.use_ema else None
+        require_free_space(self.run_dir, CHECKPOINTS_OF_HEADROOM * estimated_checkpoint_bytes(model, cfg.use_ema))
 
         start_epoch, global_step, best_map = 1, 0, -1.0
         best_path: Path | None = None
@@ -366,16 +473,17 @@ class Trainer:
 
         t_run = time.perf_counter()
         last_path: Path | None = None
-        epoch = start_epoch - 1
+        consecutive_nonfinite = 0
+        epochs_done = start_epoch - 1
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
             sampler.set_epoch(epoch)
             sums: dict[str, torch.Tensor] = {}
             window: dict[str, torch.Tensor] = {}
-            window_steps, window_imgs, epoch_imgs = 0, 0, 0
+            window_steps, window_imgs, epoch_imgs, counted_steps, skipped_steps = 0, 0, 0, 0, 0
             t_epoch = t_window = time.perf_counter()
             step = 0
-            for step, batch in enumerate(train_loader, start=1):
+            for step, batch in enumerate(batches_surfacing_worker_errors(train_loader), start=1):
                 x = images_to_input(batch.images, device)
                 boxes = batch.boxes.to(device, non_blocking=True)
                 labels = batch.labels.to(device, non_blocking=True)
@@ -391,9 +499,22 @@ class Trainer:
                     losses = {**losses, **distill_terms, "loss": losses["loss"] + distill_loss}
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr or set --grad-clip-norm"
-                    )
+                    # Skip the update (weights, EMA, schedule untouched) instead of poisoning the weights;
+                    # a streak of them means training diverged, and the last good checkpoint stays as is.
+                    skipped_steps += 1
+                    consecutive_nonfinite += 1
+                    if consecutive_nonfinite >= cfg.max_nonfinite_steps:
+                        raise TrainingError(
+                            f"{consecutive_nonfinite} consecutive steps had a non-finite loss (last {loss.item()} at "
+                            f"epoch {epoch} step {step}); stopped. Likely causes: --lr too high (now {cfg.lr:g}), "
+                            "fp16 overflow with --use-amp (train without it), --grad-clip-norm 0. The last good "
+                            f"checkpoint is {last_path or 'none (no epoch finished)'}"
+                        )
+                    if self._stop_requested:
+                        break
+                    continue
+                consecutive_nonfinite = 0
+                counted_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip_norm > 0:
@@ -421,15 +542,20 @@ class Trainer:
                         lr=optimizer.param_groups[0]["lr"], imgs_per_s=window_imgs / max(now - t_window, 1e-9),
                     ))
                     window, window_steps, window_imgs, t_window = {}, 0, 0, now
+                if self._save_requested and not self._stop_requested:
+                    self._save_requested = False
+                    self._save(model, optimizer, scheduler, scaler, ema, epoch - 1, global_step, best_map, best_path,
+                               "manual", step=step)
                 if self._stop_requested:
                     break
             seconds = time.perf_counter() - t_epoch
-            self.bus.emit(EpochEnded(epoch, {k: float(v) / max(step, 1) for k, v in sums.items()}, seconds,
-                                     epoch_imgs / max(seconds, 1e-9)))
+            self.bus.emit(EpochEnded(epoch, {k: float(v) / max(counted_steps, 1) for k, v in sums.items()}, seconds,
+                                     epoch_imgs / max(seconds, 1e-9), skipped_steps))
             if self._stop_requested and step < steps_per_epoch:
                 # An interrupted epoch is not a finished one: resume redoes it.
                 last_path = self._save(model, optimizer, scheduler, scaler, ema, epoch - 1, global_step, best_map,
                                        best_path, "last")
+                epochs_done = epoch - 1
                 break
 
             eval_model = ema.module if ema is not None else model
@@ -449,27 +575,32 @@ class Trainer:
                                            best_map, is_best, time.perf_counter() - t_eval, render_dir))
             last_path = self._save(model, optimizer, scheduler, scaler, ema, epoch, global_step, best_map, best_path,
                                    "last")
-            self._save_requested = False
+            epochs_done = epoch
             if self._stop_requested:
                 break
 
-        result = RunResult(self.run_dir, max(best_map, 0.0), best_path, last_path, epoch, self._stop_requested)
+        result = RunResult(self.run_dir, max(best_map, 0.0), best_path, last_path, epochs_done, self._stop_requested)
         self.bus.emit(RunFinished(str(self.run_dir), result.best_map50, str(best_path or ""), str(last_path or ""),
-                                  epoch, time.perf_counter() - t_run, self._stop_requested))
+                                  epochs_done, time.perf_counter() - t_run, self._stop_requested))
         return result
 
     def _save(self, model, optimizer, scheduler, scaler, ema, epoch: int, global_step: int, best_map: float,
-              best_path: Path | None, kind: str, map50: float | None = None) -> Path:
+              best_path: Path | None, kind: str, map50: float | None = None, step: int = 0) -> Path:
+        """kind "best" | "last" | "manual" (asked for mid-epoch with request_save; ``epoch`` is then the
+        last finished epoch, so resuming from it redoes the current one)."""
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and next(model.parameters()).is_cuda:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         if kind == "best":
             path = self.run_dir / f"best_{self.cfg.arch}_{epoch:04d}_map_{map50:.5f}.pt"
             pattern = f"best_{self.cfg.arch}_*.pt"
+        elif kind == "manual":
+            path = self.run_dir / f"manual_{epoch + 1:04d}_step_{step:05d}.pt"
+            pattern = "manual_*.pt"
         else:
             path = self.run_dir / f"last_{epoch:04d}.pt"
             pattern = "last_*.pt"
-        save_checkpoint(path, {
+        payload = {
             "config": self.cfg.model_dump(mode="json"),
             "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
@@ -484,7 +615,14 @@ class Trainer:
             # a best checkpoint names itself; a last one names the best so far
             "best_checkpoint": str(path if kind == "best" else best_path or ""),
             "rng": rng,
-        })
+        }
+        try:
+            save_checkpoint(path, payload)
+        except OSError as exc:
+            # The previous checkpoints are untouched: the write went to a temp file, pruning comes after.
+            raise TrainingError(f"could not write checkpoint {path}: {exc.strerror or first_line(exc)}; the previous "
+                                f"checkpoints in {self.run_dir} are kept (free space, then --resume {self.run_dir})"
+                                ) from None
         # Pruning only after the new file is safely in place: a crash never leaves fewer checkpoints.
         prune_checkpoints(self.run_dir, pattern, KEEP_CHECKPOINTS)
         self.bus.emit(CheckpointSaved(epoch, str(path), kind))
