@@ -90,6 +90,8 @@ class OnnxPredictor:
 
 def load_predictor(path: str | Path, use_ema: bool | None = None) -> Predictor:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a checkpoint (.pt) or an exported model (.onnx)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     if path.suffix.lower() == ".onnx":

@@ -102,8 +102,17 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise DataError(f"--source {source} does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; give a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"--out {out_dir} already holds files; pass another --out or --overwrite")
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        # A video OpenCV cannot open would otherwise yield no frames: a silent "0 images" success.
+        cap = cv2.VideoCapture(str(source))
+        opened = cap.isOpened() and cap.read()[0]
+        cap.release()
+        if not opened:
+            raise DataError(f"--source {source}: cannot be opened as a video (damaged, or a codec OpenCV lacks)")
     predictor = load_predictor(model_path)
     cfg = predictor.cfg
     topk = cfg.topk
@@ -147,6 +156,10 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
             progress(summary.images)
     if writer is not None:
         writer.release()
+    if summary.images == 0:  # nothing to show for the run: an error, not "0 images" and exit 0
+        why = f"no readable image ({summary.skipped[0]})" if summary.skipped else \
+            f"holds no {'/'.join(IMAGE_SUFFIXES)} images"
+        raise DataError(f"--source {source}: {why}")
     if json_path is not None:
         summary.json_path = Path(json_path)
         summary.json_path.parent.mkdir(parents=True, exist_ok=True)

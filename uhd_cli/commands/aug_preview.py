@@ -9,7 +9,7 @@ import typer
 
 from uhd_cli.errors import friendly_errors
 from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, build_config
-from uhd_core.errors import RunDirError
+from uhd_core.errors import ConfigError, DataError, RunDirError
 
 DEFAULT_SYNTH_DIR = Path("data/synth")
 
@@ -35,6 +35,8 @@ def aug_preview(
     from uhd_core.augment.pipeline import load_augment_pipeline
     from uhd_core.augment.preview import load_preview_samples, make_preview, synthetic_samples, write_png
 
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the PNG file's path")
     if out.exists() and not overwrite:
         raise RunDirError(f"--out {out} exists; pass --overwrite or another --out")
     cfg = build_config(overrides={"img_size": img_size, "seed": seed, "aug_config": config})
@@ -47,6 +49,8 @@ def aug_preview(
     else:
         samples = load_preview_samples(image_dir, cfg.img_size, n, seed)
         where = str(image_dir)
+        if not samples:
+            raise DataError(f"--image-dir {image_dir}: none of the chosen images could be decoded")
     preview = make_preview(pipeline, samples, variants=variants, seed=seed, scale=scale, per_op=per_op)
     write_png(out, preview.grid)
 

@@ -7,6 +7,7 @@ the resumed checkpoint's config), as the original tool's command lines expect.
 from __future__ import annotations
 
 import inspect
+import signal
 import types
 import typing
 from typing import Any, Optional
@@ -73,6 +74,15 @@ def train(preset: Optional[str] = None, **flags: Any) -> None:
     result = run_training(preset, typed, [renderer])
     typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
     typer.echo(f"run dir: {result.run_dir}")
+    exit_if_stopped_by_signal(result)
+
+
+def exit_if_stopped_by_signal(result: Any) -> None:
+    """A run stopped by SIGINT/SIGTERM saved its last checkpoint; say how to go on, exit 128 + signal."""
+    if result.stop_signal:
+        typer.echo(f"stopped by {signal.Signals(result.stop_signal).name} after epoch {result.epochs_done}; "
+                   f"continue with: uhd train --resume {result.run_dir}")
+        raise typer.Exit(128 + result.stop_signal)
 
 
 _preset = inspect.Parameter(

@@ -123,10 +123,11 @@ def load_preview_samples(image_dir: Path, img_size: tuple[int, int], n: int, see
                          cache_dir: Path | None = None) -> list[Sample]:
     """``n`` images of a YOLO folder (a seeded choice), decoded and resized as training does."""
     from uhd_core.data.dataset import decode_all, scan_yolo_folder
+    from uhd_core.errors import DataError
 
     index = scan_yolo_folder(image_dir, classes)
     if len(index) == 0:
-        raise ValueError(f"{image_dir}: no labelled images")
+        raise DataError(f"--image-dir {image_dir}: no image has a box of class {','.join(map(str, classes))}")
     order = np.random.default_rng(seed).permutation(len(index))[:n]
     files = [index.files[i] for i in sorted(order)]
     decoded = decode_all(index.root, files, img_size, interpolation, cache_dir)

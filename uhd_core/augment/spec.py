@@ -180,4 +180,6 @@ def load_augment_specs(source: str | Path | None) -> list[AugOpSpec]:
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise AugmentConfigError(f"{origin}: invalid YAML: {detail}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively: '[[[[...' overflows it
+        raise AugmentConfigError(f"{origin}: invalid YAML: nested too deeply") from None
     return parse_augment_specs(data, origin)

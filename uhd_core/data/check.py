@@ -20,6 +20,8 @@ import numpy as np
 
 from uhd_core.data.dataset import require_image_dir
 from uhd_core.data.images import IMAGE_SUFFIXES
+from uhd_core.data.labels import MAX_CLASS_ID
+from uhd_core.errors import ConfigError, RunDirError
 
 #: A box smaller than one output cell at these strides (in input pixels) is hard to see for the model.
 STRIDES = (4, 8, 16)
@@ -66,7 +68,8 @@ INFO = ("image without label file", "empty label file", "grayscale image", "16-b
 
 def parse_line(line: str) -> tuple[int, float, float, float, float] | None:
     """``class cx cy w h`` -> (class, cx, cy, w, h), or None when malformed (field count, numbers, a
-    negative or fractional class, non-finite values). Range checks are the callers'."""
+    negative, fractional or too large (> MAX_CLASS_ID) class, non-finite values). Range checks of the
+    coordinates are the callers'."""
     fields = line.split()
     if len(fields) != 5:
         return None
@@ -74,7 +77,7 @@ def parse_line(line: str) -> tuple[int, float, float, float, float] | None:
         cls_f, cx, cy, w, h = (float(v) for v in fields)
     except ValueError:
         return None
-    if not cls_f.is_integer() or cls_f < 0 or not np.isfinite([cx, cy, w, h]).all():
+    if not cls_f.is_integer() or not 0 <= cls_f <= MAX_CLASS_ID or not np.isfinite([cx, cy, w, h]).all():
         return None
     return int(cls_f), cx, cy, w, h
 
@@ -224,10 +227,10 @@ def fix_dataset(image_dir: str | Path, out_dir: str | Path) -> FixSummary:
     root = require_image_dir(image_dir)
     out = Path(out_dir)
     if out.resolve() == root.resolve():
-        raise ValueError("--fix must write to another folder than --image-dir")
+        raise ConfigError("--fix must write to another folder than --image-dir")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--fix {out} is a file; give an empty or new folder")
     if out.exists() and any(out.iterdir()):
-        from uhd_core.errors import RunDirError
-
         raise RunDirError(f"--fix {out} already holds files; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     summary = FixSummary(out)

@@ -12,6 +12,9 @@ import numpy as np
 
 # Labels written by other tools are often a hair outside 0..1 (float rounding); clip within this.
 _COORD_TOLERANCE = 1e-6
+#: Largest class id a label line may carry. Ids beyond it ("1e30") are typos or garbage, and int64
+#: arrays (and --classes) could not hold every such id anyway.
+MAX_CLASS_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ def parse_label_text(text: str, source: str = "<labels>") -> ParsedLabels:
         if not cls_f.is_integer() or cls_f < 0:
             issues.append(LabelIssue(source, lineno, f"class must be a non-negative integer, got {fields[0]!r}"))
             continue
+        if cls_f > MAX_CLASS_ID:
+            issues.append(LabelIssue(source, lineno, f"class id {fields[0][:20]!r} is larger than {MAX_CLASS_ID}"))
+            continue
         values = np.array([cx, cy, w, h])
         if not np.all(np.isfinite(values)):
             issues.append(LabelIssue(source, lineno, "non-finite coordinate"))
@@ -68,7 +74,8 @@ def parse_label_text(text: str, source: str = "<labels>") -> ParsedLabels:
             continue
         x1, y1 = max(cx - w / 2, 0.0), max(cy - h / 2, 0.0)
         x2, y2 = min(cx + w / 2, 1.0), min(cy + h / 2, 1.0)
-        if x2 <= x1 or y2 <= y1:
+        # Checked in float32, the dtype boxes are stored in: a 1e-46 wide box is > 0 only in float64.
+        if np.float32(x2 - x1) <= 0 or np.float32(y2 - y1) <= 0:
             issues.append(LabelIssue(source, lineno, "box has no area inside the image"))
             continue
         boxes.append(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))

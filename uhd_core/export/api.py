@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uhd_core.config import build_config, stored_config
+from uhd_core.config import build_config, check_img_size_fits_stride, stored_config
 from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.errors import CheckpointError, ConfigError, RunDirError, first_line
 from uhd_core.export.onnx_export import ExportReport, export_onnx, verify_onnx
@@ -112,11 +112,17 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
     path with ``.onnx``. An existing output is refused unless ``overwrite``.
     """
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():  # load_checkpoint would call it missing
+        raise CheckpointError(f"{checkpoint} is a folder; give a checkpoint file (runs/<exp>/best_....pt)")
     ckpt = load_checkpoint(checkpoint)
     overrides = {"arch": arch} if arch else {}
     cfg = build_config(None, overrides, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})
     size = tuple(img_size) if img_size else tuple(cfg.img_size)
+    if img_size:  # the training size itself is exported as trained, whatever it is
+        check_img_size_fits_stride(cfg, size)
     out = Path(output) if output else checkpoint.with_suffix(".onnx")
+    if out.is_dir():
+        raise ConfigError(f"--output {out} is a folder; give the ONNX file's path")
     if out.exists() and not overwrite:
         raise RunDirError(f"{out} exists; pass --overwrite or another --output")
     has_ema = bool(ckpt.get("ema"))

@@ -33,6 +33,8 @@ def bench_onnx(path: str | Path, threads: list[int], batches: list[int], runs: i
     import onnxruntime as ort
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give an exported model (.onnx)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX file")
     try:
