@@ -6,17 +6,22 @@ the resumed checkpoint's config), as the original tool's command lines expect.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import signal
 import types
 import typing
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from uhd_cli.console import PlainLinePrinter, RichProgressRenderer, stdout_is_interactive
-from uhd_cli.errors import friendly_errors
+from uhd_cli.errors import fail, friendly_errors
 from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, RunConfig, available_presets
+from uhd_core.errors import UhdError, first_line
+
+if TYPE_CHECKING:
+    from uhd_core.engine.trainer import RunResult
 
 _PANELS = {
     "model": "Model", "data": "Data", "run": "Run", "optim": "Optimisation", "eval": "Evaluation",
@@ -65,19 +70,23 @@ def _generated_parameters() -> list[inspect.Parameter]:
 
 
 @friendly_errors
-def train(preset: Optional[str] = None, **flags: Any) -> None:
+def train(preset: Optional[str] = None, tui: Optional[bool] = None, **flags: Any) -> None:
     """Train a detector on a YOLO-format folder (typed flags override the preset)."""
-    from uhd_core.engine.api import run_training  # torch is imported only when training
-
     typed = {name: value for name, value in flags.items() if value is not None}
-    renderer = RichProgressRenderer() if stdout_is_interactive() else PlainLinePrinter()
-    result = run_training(preset, typed, [renderer])
+    show_dashboard = stdout_is_interactive() if tui is None else tui
+    if show_dashboard:
+        result = _train_in_dashboard(preset, typed)
+    else:
+        from uhd_core.engine.api import run_training  # torch is imported only when training
+
+        renderer = RichProgressRenderer() if stdout_is_interactive() else PlainLinePrinter()
+        result = run_training(preset, typed, [renderer])
     typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
     typer.echo(f"run dir: {result.run_dir}")
     exit_if_stopped_by_signal(result)
 
 
-def exit_if_stopped_by_signal(result: Any) -> None:
+def exit_if_stopped_by_signal(result: RunResult) -> None:
     """A run stopped by SIGINT/SIGTERM saved its last checkpoint; say how to go on, exit 128 + signal."""
     if result.stop_signal:
         typer.echo(f"stopped by {signal.Signals(result.stop_signal).name} after epoch {result.epochs_done}; "
@@ -85,12 +94,46 @@ def exit_if_stopped_by_signal(result: Any) -> None:
         raise typer.Exit(128 + result.stop_signal)
 
 
+def _train_in_dashboard(preset: Optional[str], typed: dict[str, Any]) -> RunResult:
+    """Train in a worker thread under the dashboard; returns the RunResult or exits with the run's error."""
+    from uhd_cli.dashboard import LiveTrainingSource, make_dashboard
+    from uhd_core.engine.api import create_trainer
+    from uhd_core.engine.signals import stop_on_signals
+
+    # Setup errors (bad flags, missing data, taken run dir) raise here, before any UI: one-line errors.
+    trainer, writers = create_trainer(preset, typed)
+    source = LiveTrainingSource(trainer)
+    app = make_dashboard(source)
+    try:
+        # SIGTERM (and SIGINT where the terminal sends one) stop training gracefully here too.
+        with stop_on_signals(trainer) as received:
+            app.run()
+    finally:
+        if not app.state.ended:
+            typer.echo("dashboard closed: stopping training after this step (a last_*.pt follows) ...", err=True)
+        source.close()
+        for writer in writers:
+            writer.close()
+    error = source.error
+    if isinstance(error, UhdError):
+        fail(str(error), error.exit_code)
+    if error is not None:
+        # The traceback is in train.log (LogFileWriter wrote the RunFailed event); the terminal gets one line.
+        fail(f"{type(error).__name__}: {first_line(error)} (traceback in {trainer.run_dir / 'train.log'})", 1)
+    return dataclasses.replace(source.result, stop_signal=received.number)
+
+
 _preset = inspect.Parameter(
     "preset", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
     default=typer.Option(None, "--preset", help="Preset name (presets/NAME.yaml: "
                          + ", ".join(available_presets()) + ") or a YAML path; typed flags override it."),
 )
-train.__signature__ = inspect.Signature([_preset, *_generated_parameters()])  # type: ignore[attr-defined]
+_tui = inspect.Parameter(
+    "tui", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool],
+    default=typer.Option(None, "--tui/--no-tui", rich_help_panel=_PANELS["run"],
+                         help="Show the Textual dashboard (default: when stdout is a terminal and CI is not set)."),
+)
+train.__signature__ = inspect.Signature([_preset, _tui, *_generated_parameters()])  # type: ignore[attr-defined]
 train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
 
 
