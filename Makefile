@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # unpinned torch (even as a dependency) would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench bench-transformer readme-flags clean-venv
+.PHONY: setup demo test bench bench-transformer zoo readme-flags clean-venv
 
 $(BIN)/uhd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: setup
 
 bench-transformer: setup
 	$(BIN)/python bench/transformer_cost.py
+
+# Model zoo on the real dev data: train, export, eval, then latency; ~30 min on 2 cores, cached in
+# runs/zoo/ (a rerun redoes only what changed); writes docs/zoo.md and docs/zoo.png.
+zoo: setup
+	$(BIN)/python bench/zoo.py
 
 # Rewrite the README's flag table from RunConfig (tests/test_readme.py fails while it is stale).
 readme-flags: setup
