@@ -17,6 +17,7 @@ from uhd_core.engine.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    RunWarning,
     StepEnded,
     WeightsLoaded,
     format_event_line,
@@ -102,7 +103,7 @@ class RichProgressRenderer:
             self.progress.update(self.task, description=f"epoch {event.epoch}", completed=event.step,
                                  total=event.steps_per_epoch, info=f"{terms} | {event.imgs_per_s:.0f} img/s")
             return
-        if isinstance(event, (EpochEnded, EvalFinished)):
+        if isinstance(event, (EpochEnded, EvalFinished, RunWarning)):
             self.console.print(format_event_line(event))
             return
         if isinstance(event, WeightsLoaded):

@@ -70,6 +70,11 @@ class RunConfig(BaseModel):
     ckpt: str = Field("", **_flag("Initialise weights from this checkpoint (weights only).", group="run"))
     ckpt_non_strict: bool = Field(False, **_flag("Allow missing/unexpected keys with --ckpt.", group="run"))
     device: str = Field("auto", **_flag("cuda, cuda:N or cpu ('auto' = cuda if available).", group="run"))
+    devices: int = Field(
+        1, ge=1, **_flag("Training processes on this machine (DistributedDataParallel through torch.distributed's "
+                         "elastic launcher, as torchrun; one per GPU on CUDA). --batch-size is per process.", group="run")
+    )
+    sync_bn: bool = Field(False, **_flag("SyncBatchNorm across processes (CUDA, --devices > 1).", group="run"))
     seed: int = Field(42, **_flag("Random seed (split, shuffling, augmentation, init).", group="run"))
     log_interval: int = Field(10, ge=1, **_flag("Log every N steps.", group="run"))
     eval_interval: int = Field(1, ge=1, **_flag("Evaluate every N epochs.", group="run"))

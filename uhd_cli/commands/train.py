@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import signal
+import sys
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
 
@@ -73,8 +74,14 @@ def _generated_parameters() -> list[inspect.Parameter]:
 def train(preset: Optional[str] = None, tui: Optional[bool] = None, **flags: Any) -> None:
     """Train a detector on a YOLO-format folder (typed flags override the preset)."""
     typed = {name: value for name, value in flags.items() if value is not None}
-    show_dashboard = stdout_is_interactive() if tui is None else tui
-    if show_dashboard:
+    from uhd_core.engine.distributed import launched_by_torchrun  # torch is imported only when training
+    from uhd_core.engine.trainer import make_run_config
+
+    if launched_by_torchrun():  # one process of `torchrun ... -m uhd_cli train ...`
+        _exit_as_training_process(preset, typed)
+    if make_run_config(preset, typed)[0].devices > 1:
+        result = _launch_local_processes(preset, typed)
+    elif stdout_is_interactive() if tui is None else tui:
         result = _train_in_dashboard(preset, typed)
     else:
         from uhd_core.engine.api import run_training  # torch is imported only when training
@@ -92,6 +99,54 @@ def exit_if_stopped_by_signal(result: RunResult) -> None:
         typer.echo(f"stopped by {signal.Signals(result.stop_signal).name} after epoch {result.epochs_done}; "
                    f"continue with: uhd train --resume {result.run_dir}")
         raise typer.Exit(128 + result.stop_signal)
+
+
+def _exit_as_training_process(preset: Optional[str], typed: dict[str, Any]) -> NoReturn:
+    """A process of a DDP job (torchrun, or --devices' launcher): rank 0 prints the log lines and the
+    result; every rank exits 0, 128 + signal after a graceful stop, or with its error's code."""
+    from uhd_core.engine.api import run_training_process
+    from uhd_core.engine.distributed import DistContext
+
+    rank = DistContext.from_env().rank
+    try:
+        result = run_training_process(preset, typed, [PlainLinePrinter()])
+    except UhdError as exc:
+        fail(str(exc) if rank == 0 else f"[rank {rank}] {exc}", exc.exit_code)
+    if rank == 0:
+        typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
+        typer.echo(f"run dir: {result.run_dir}")
+        exit_if_stopped_by_signal(result)
+    raise typer.Exit(128 + result.stop_signal if result.stop_signal else 0)
+
+
+def _process_entrypoint(preset: Optional[str], typed: dict[str, Any]) -> None:
+    """What each process that --devices starts runs (module level: the processes are spawned)."""
+    try:
+        _exit_as_training_process(preset, typed)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+def _launch_local_processes(preset: Optional[str], typed: dict[str, Any]) -> NoReturn:
+    """--devices N: N processes on this machine under torch.distributed's elastic launcher; they print
+    the log and the result, this process reports how they ended."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from uhd_core.engine.api import launch_local_training
+
+    try:
+        launch_local_training(preset, typed, _process_entrypoint)
+    except SignalException as exc:
+        # Ctrl-C / SIGTERM reached the launcher too: it waited for the processes, which finished their
+        # step and saved (rank 0 said how to resume).
+        raise typer.Exit(128 + int(exc.sigval)) from None
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        if set(codes) <= {130, 143}:
+            raise typer.Exit(codes[-1]) from None  # stopped gracefully; rank 0 said how to resume
+        fail(f"a training process failed (exit codes {', '.join(map(str, codes))}); its error is above", 1)
+    raise typer.Exit(0)
 
 
 def _train_in_dashboard(preset: Optional[str], typed: dict[str, Any]) -> RunResult:

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from uhd_core.engine.distributed import DistContext, close_process_group, init_process_group, launch_local_processes
 from uhd_core.engine.events import EventBus, JsonlEventWriter, LogFileWriter, Subscriber, TensorBoardWriter
 from uhd_core.engine.signals import stop_on_signals
 from uhd_core.engine.trainer import RunResult, Trainer, make_run_config
 
 
 def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
-                   tensorboard: bool = True) -> tuple[Trainer, list[Any]]:
+                   tensorboard: bool = True, dist: DistContext | None = None) -> tuple[Trainer, list[Any]]:
     """Build the config (checkpoint < preset < typed flags), the trainer and its file writers.
 
-    Returns the trainer and the writers to close after ``trainer.run()``.
+    Returns the trainer and the writers to close after ``trainer.run()``. In a DDP job (``dist``) only
+    rank 0 gets writers and ``subscribers``.
     """
     cfg, ckpt, ckpt_path = make_run_config(preset, overrides)
-    bus = EventBus(subscribers)
-    trainer = Trainer(cfg, bus, resume_checkpoint=ckpt, resume_path=ckpt_path)
+    dist = dist or DistContext()
+    bus = EventBus(subscribers if dist.is_main else None)
+    trainer = Trainer(cfg, bus, resume_checkpoint=ckpt, resume_path=ckpt_path, dist=dist)
+    if not dist.is_main:
+        return trainer, []
     run_dir: Path = trainer.run_dir
     writers: list[Any] = [JsonlEventWriter(run_dir / "events.jsonl"), LogFileWriter(run_dir / "train.log")]
     if tensorboard:
@@ -44,3 +50,26 @@ def run_trainer(trainer: Trainer, writers: list[Any]) -> RunResult:
 def run_training(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
                  tensorboard: bool = True) -> RunResult:
     return run_trainer(*create_trainer(preset, overrides, subscribers, tensorboard))
+
+
+def run_training_process(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
+                         tensorboard: bool = True) -> RunResult:
+    """One process of a DDP job (started by torchrun or launch_local_processes; its place in the job
+    comes from the launcher's environment): join the process group, train, leave."""
+    dist = DistContext.from_env()
+    trainer, writers = create_trainer(preset, overrides, subscribers, tensorboard, dist=dist)
+    init_process_group(dist, trainer.device.type)
+    try:
+        return run_trainer(trainer, writers)
+    finally:
+        close_process_group()
+
+
+def launch_local_training(preset: str | None, overrides: dict[str, Any], process_entrypoint: Callable[..., Any]
+                          ) -> RunResult:
+    """--devices N on this machine: check the run once here (one-line errors before any process starts),
+    then start N processes, each calling ``process_entrypoint(preset, overrides)`` (which should call
+    run_training_process). Returns rank 0's RunResult; a failed process raises ChildFailedError."""
+    cfg, ckpt, ckpt_path = make_run_config(preset, overrides)
+    Trainer(cfg, resume_checkpoint=ckpt, resume_path=ckpt_path, dist=DistContext(world_size=cfg.devices))
+    return launch_local_processes(cfg.devices, process_entrypoint, preset, overrides)[0]

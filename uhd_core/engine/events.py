@@ -60,6 +60,14 @@ class RunStarted(Event):
     batch_size: int
     loss_terms: list[str]
     resumed_from: str = ""
+    world_size: int = 1  # processes training together (DDP); batch_size is per process
+
+
+@dataclass(frozen=True)
+class RunWarning(Event):
+    """Something the user should know that does not stop the run."""
+
+    message: str
 
 
 @dataclass(frozen=True)
@@ -187,7 +195,10 @@ def format_event_line(event: Event) -> str | None:
         return (f"run {event.exp_name}: {event.arch}/{event.head}, {event.params:,} params, "
                 f"{event.img_size[0]}x{event.img_size[1]}, device {event.device}, epochs "
                 f"{event.start_epoch}..{event.epochs}, {event.steps_per_epoch} steps/epoch, run dir {event.run_dir}"
+                + (f", {event.world_size} processes x batch {event.batch_size}" if event.world_size > 1 else "")
                 + (f", resumed from {event.resumed_from}" if event.resumed_from else ""))
+    if isinstance(event, RunWarning):
+        return f"warning: {event.message}"
     if isinstance(event, WeightsLoaded):
         lines = [f"initialised from {event.path}: {event.loaded}/{event.total} tensors loaded, "
                  f"{len(event.missing)} missing, {len(event.unexpected)} unexpected, "

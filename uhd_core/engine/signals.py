@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +20,14 @@ class Stoppable(Protocol):
     def request_stop(self) -> None: ...
 
 
+#: Seconds after the first signal before another one counts as "stop now".
+SECOND_SIGNAL_AFTER_S = 1.0
+
+
 @dataclass
 class ReceivedSignal:
     number: int = 0  # the first SIGINT/SIGTERM received, 0 while none
+    at: float = 0.0  # time.monotonic() when it came
 
 
 @contextmanager
@@ -37,12 +43,16 @@ def stop_on_signals(target: Stoppable) -> Iterator[ReceivedSignal]:
         return
 
     def handler(signum: int, _frame: object) -> None:
-        if received.number:
+        now = time.monotonic()
+        # A launcher (torchrun's agent) forwards the terminal's Ctrl-C to a process that got it too:
+        # only a signal that comes a moment after the first is a second request.
+        if received.number and now - received.at >= SECOND_SIGNAL_AFTER_S:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
-        received.number = signum
-        target.request_stop()
+        if not received.number:
+            received.number, received.at = signum, now
+            target.request_stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

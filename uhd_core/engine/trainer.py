@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from uhd_core.anchors import box_sizes, fit_anchors
@@ -35,6 +36,7 @@ from uhd_core.distill.base import Distiller, cosine_ramp
 from uhd_core.distill.factory import build_distiller
 from uhd_core.distill.vit import VIT_TEACHER_ARCHS
 from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint, prune_checkpoints, save_checkpoint
+from uhd_core.engine.distributed import DistContext, EpochTaggedDistributedSampler
 from uhd_core.engine.ema import ModelEMA
 from uhd_core.engine.evaluate import evaluate_detector
 from uhd_core.engine.events import (
@@ -47,6 +49,7 @@ from uhd_core.engine.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    RunWarning,
     StepEnded,
     WeightsLoaded,
 )
@@ -216,9 +219,21 @@ def require_exact_fit(path: str, missing: list[str], unexpected: list[str], mism
                               "use --ckpt-non-strict to load the matching tensors only")
 
 
+class ForwardWithFeatures(torch.nn.Module):
+    """Detector.forward_with_features as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.detector.forward_with_features(images)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, bus: EventBus | None = None, *, resume_checkpoint: dict[str, Any] | None = None,
-                 resume_path: Path | None = None) -> None:
+                 resume_path: Path | None = None, dist: DistContext | None = None) -> None:
+        """``dist``: this process's place in a multi-process (DDP) job; None = a plain single process."""
         check_implemented(cfg)
         if cfg.arch not in BACKBONES:
             raise ConfigError(f"--arch {cfg.arch} is not implemented yet (available: {', '.join(BACKBONES.names())})")
@@ -229,7 +244,11 @@ class Trainer:
         # Everything a run can be refused for is checked here, before any run dir, log or event file
         # is made for a run that cannot start.
         self.index = scan_yolo_folder(require_image_dir(cfg.image_dir), cfg.classes)
-        self.device = resolve_device(cfg.device)
+        self.dist = dist or DistContext()
+        self.device = self.dist.device(resolve_device(cfg.device))
+        if cfg.sync_bn and (self.device.type != "cuda" or cfg.devices < 2):
+            raise ConfigError("--sync-bn synchronises BatchNorm across CUDA processes: it needs a CUDA device and "
+                              "--devices > 1 (torch's SyncBatchNorm has no CPU implementation)")
         load_augment_pipeline(cfg.aug_config)  # a bad op or value: ConfigError now, not in a worker
         for flag, path in (("--ckpt", cfg.ckpt), ("--teacher-ckpt", cfg.teacher_ckpt)):
             if path and not Path(path).expanduser().is_file():
@@ -259,7 +278,8 @@ class Trainer:
         self._stop_requested = False
         self._save_requested = False
         self.run_dir = self._prepare_run_dir()
-        require_writable_dir(self.run_dir)
+        if self.dist.is_main:  # rank 0 alone writes
+            require_writable_dir(self.run_dir)
 
     # -- control from other threads (dashboard keys, signal handlers) ---------------------------
     def request_stop(self) -> None:
@@ -310,6 +330,8 @@ class Trainer:
         used = sorted(set(train_files) | set(val_files))
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         step = max(1, len(used) // 50)
+        if not self.dist.is_main:
+            self.dist.barrier()  # wait for rank 0 to fill the decode cache, then read it
         decoded = decode_all(
             index.root, used, cfg.img_size, cfg.resize_interpolation, cache_dir,
             progress=lambda done, total: self.bus.emit(DecodeProgressed(done, total))
@@ -317,10 +339,14 @@ class Trainer:
         )
         row = {name: i for i, name in enumerate(used)}
         failures = [f"{index.root / used[i]}: {decoded.errors[i]}" for i in range(len(used)) if not decoded.ok[i]]
+        if self.dist.is_main:
+            self.dist.barrier()
         train_files = [f for f in train_files if decoded.ok[row[f]]]
         val_files = [f for f in val_files if decoded.ok[row[f]]]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(split_path, json.dumps({"seed": cfg.seed, "train": train_files, "val": val_files}, indent=0))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(split_path, json.dumps({"seed": cfg.seed, "train": train_files, "val": val_files},
+                                                     indent=0))
         examples = failures + [str(issue) for issue in index.issues]
         self.bus.emit(DataPrepared(
             image_dir=str(index.root), num_images=len(index), num_train=len(train_files), num_val=len(val_files),
@@ -351,14 +377,19 @@ class Trainer:
                       row_of={f: i for i, f in enumerate(train_files)}), val_set
 
     def _loaders(self, train_set, val_set, device: torch.device) -> tuple[DataLoader, EpochShuffleSampler, DataLoader]:
+        """A process of a DDP job gets its shard of every epoch (--batch-size is per process)."""
         cfg = self.cfg
-        sampler = EpochShuffleSampler(len(train_set), cfg.seed, shuffle=True)
+        if self.dist.enabled:
+            sampler = EpochTaggedDistributedSampler(train_set, self.dist.world_size, self.dist.rank, shuffle=True,
+                                                    seed=cfg.seed)
+        else:
+            sampler = EpochShuffleSampler(len(train_set), cfg.seed, shuffle=True)
         workers = cfg.num_workers
         pin = device.type == "cuda"
         train_loader = DataLoader(
             train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_detection,
             num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
-            drop_last=len(train_set) > cfg.batch_size,  # a trailing batch of 1 would break BatchNorm
+            drop_last=len(sampler) > cfg.batch_size,  # a trailing batch of 1 would break BatchNorm
             worker_init_fn=detach_worker_from_job_signals if workers > 0 else None,
         )
         val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
@@ -423,6 +454,14 @@ class Trainer:
         model = build_detector(cfg).to(device, memory_format=torch.channels_last)
         if cfg.ckpt:
             self._init_weights_from(model, cfg.ckpt)
+        if cfg.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # The step's forward goes through DDP when distributed (its hooks average the gradients);
+        # `model` stays the plain Detector: EMA, eval and checkpoints use it, so no "module." prefixes.
+        forward = model.forward_with_features
+        if self.dist.enabled:
+            forward = DistributedDataParallel(
+                ForwardWithFeatures(model), device_ids=[device.index] if device.type == "cuda" else None)
         # A distiller's own trainable parts (e.g. a feature adapter) learn with the student.
         trained = list(model.parameters()) + (distiller.trainable_parameters() if distiller is not None else [])
         optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -430,8 +469,9 @@ class Trainer:
         use_fp16 = cfg.use_amp and device.type == "cuda"
         amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if cfg.use_amp else None
         scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-        ema = ModelEMA(model, cfg.ema_decay) if cfg.use_ema else None
-        require_free_space(self.run_dir, CHECKPOINTS_OF_HEADROOM * estimated_checkpoint_bytes(model, cfg.use_ema))
+        ema = ModelEMA(model, cfg.ema_decay) if cfg.use_ema else None  # updated on every rank: identical copies
+        if self.dist.is_main:
+            require_free_space(self.run_dir, CHECKPOINTS_OF_HEADROOM * estimated_checkpoint_bytes(model, cfg.use_ema))
 
         start_epoch, global_step, best_map = 1, 0, -1.0
         best_path: Path | None = None
@@ -460,15 +500,22 @@ class Trainer:
                     f"{self.resume_path} already finished epoch {ck['epoch']} of {cfg.epochs}; "
                     "pass a larger --epochs to extend training"
                 )
+            before = int(ck.get("world_size", 1))
+            if before != self.dist.world_size:
+                self.bus.emit(RunWarning(
+                    f"resuming a run trained with {before} process(es) on {self.dist.world_size}: the global batch "
+                    f"changes from {before * cfg.batch_size} to {self.dist.world_size * cfg.batch_size} images "
+                    "(consider scaling --lr with it)"))
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(cfg))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(cfg))
         self.bus.emit(RunStarted(
             run_dir=str(self.run_dir), exp_name=cfg.exp_name, preset=cfg.preset, arch=cfg.arch, head=cfg.head_name,
             params=count_parameters(model), img_size=list(cfg.img_size), device=str(device),
             num_train=len(train_set), num_val=len(val_set), epochs=cfg.epochs, start_epoch=start_epoch,
             steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size, loss_terms=["loss", *model.head.loss_terms, *(distiller.loss_terms if distiller else ())],
-            resumed_from=str(self.resume_path or ""),
+            resumed_from=str(self.resume_path or ""), world_size=self.dist.world_size,
         ))
 
         t_run = time.perf_counter()
@@ -488,7 +535,7 @@ class Trainer:
                 boxes = batch.boxes.to(device, non_blocking=True)
                 labels = batch.labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs, features = model.forward_with_features(x)
+                    outputs, features = forward(x)
                 targets = model.head.build_targets(boxes, labels, model.head.output_hw(outputs))
                 losses = model.head.loss(outputs, targets)
                 if distiller is not None:
@@ -498,7 +545,13 @@ class Trainer:
                         distill_loss, distill_terms = distiller(outputs, features, teacher_x, scale)
                     losses = {**losses, **distill_terms, "loss": losses["loss"] + distill_loss}
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
+                # In a DDP job every rank must skip, save and stop at the same step (a rank that skipped
+                # the backward would leave the others waiting in its all-reduce): one tiny all-reduce.
+                nonfinite, stop, save = self.dist.all_max(
+                    [float(not torch.isfinite(loss)), float(self._stop_requested), float(self._save_requested)])
+                self._stop_requested = self._stop_requested or bool(stop)
+                self._save_requested = self._save_requested or bool(save)
+                if nonfinite:
                     # Skip the update (weights, EMA, schedule untouched) instead of poisoning the weights;
                     # a streak of them means training diverged, and the last good checkpoint stays as is.
                     skipped_steps += 1
@@ -517,6 +570,8 @@ class Trainer:
                 counted_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if distiller is not None:
+                    self.dist.average_gradients(distiller.trainable_parameters())  # not inside the DDP module
                 if cfg.grad_clip_norm > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip_norm)
@@ -559,7 +614,8 @@ class Trainer:
                 break
 
             eval_model = ema.module if ema is not None else model
-            if len(val_set) and (epoch % cfg.eval_interval == 0 or epoch == cfg.epochs):
+            # Rank 0 evaluates on the whole val split: the single-process mAP of these (identical) weights.
+            if self.dist.is_main and len(val_set) and (epoch % cfg.eval_interval == 0 or epoch == cfg.epochs):
                 t_eval = time.perf_counter()
                 out = evaluate_detector(eval_model, val_loader, device, cfg.num_classes, cfg.topk, amp_dtype)
                 map50 = out.result.map
@@ -600,6 +656,8 @@ class Trainer:
         else:
             path = self.run_dir / f"last_{epoch:04d}.pt"
             pattern = "last_*.pt"
+        if not self.dist.is_main:
+            return path  # rank 0 writes it (every rank holds the same weights)
         payload = {
             "config": self.cfg.model_dump(mode="json"),
             "model": model.state_dict(),
@@ -615,6 +673,7 @@ class Trainer:
             # a best checkpoint names itself; a last one names the best so far
             "best_checkpoint": str(path if kind == "best" else best_path or ""),
             "rng": rng,
+            "world_size": self.dist.world_size,  # processes that trained it (resume warns when that changes)
         }
         try:
             save_checkpoint(path, payload)
