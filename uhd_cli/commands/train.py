@@ -94,10 +94,13 @@ def train(preset: Optional[str] = None, tui: Optional[bool] = None, **flags: Any
 
 
 def exit_if_stopped_by_signal(result: RunResult) -> None:
-    """A run stopped by SIGINT/SIGTERM saved its last checkpoint; say how to go on, exit 128 + signal."""
+    """A run stopped early (a signal, or `q` in the dashboard) saved its last checkpoint: say how to go
+    on; after SIGINT/SIGTERM exit 128 + signal."""
+    if not result.stopped_early:
+        return
+    how = f"by {signal.Signals(result.stop_signal).name} " if result.stop_signal else ""
+    typer.echo(f"stopped {how}after epoch {result.epochs_done}; continue with: uhd train --resume {result.run_dir}")
     if result.stop_signal:
-        typer.echo(f"stopped by {signal.Signals(result.stop_signal).name} after epoch {result.epochs_done}; "
-                   f"continue with: uhd train --resume {result.run_dir}")
         raise typer.Exit(128 + result.stop_signal)
 
 
