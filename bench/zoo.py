@@ -38,7 +38,8 @@ git-ignored). The cache key hashes the entry's fully resolved RunConfig (preset 
 budget; a user's augmentation file by content), a fingerprint of the data folder (names, sizes,
 mtimes), the torch version and ZOO_VERSION; each entry also records a hash of the ``uhd_core``
 sources and presets it was made with. A rerun redoes only entries whose key changed or whose
-source hash differs from the checkout's (``--ignore-code-version`` reuses those;
+source hash differs from the checkout's (``--ignore-code-version`` reuses those; an entry made
+before RunConfig gained a field is reused while that field is at its default;
 ``--remeasure-latency`` redoes the latency phase only). The report (``docs/zoo.md`` and
 ``docs/zoo.png``, or ``--out DIR``; all numbers in ``--json``) is rewritten from the cache on every
 run; the hand-written notes between the NOTES markers of an existing report are kept.
@@ -101,6 +102,8 @@ ZOO: list[Entry] = [
     Entry("cnn_w64", "cnn", {"cnn_width": 64}, CNN_EPOCHS, "same, width 64"),
     Entry("cnn_s8_hc32", "cnn", {"output_stride": 8, "head_conv": 32}, CNN_EPOCHS,
           "stride 8 + shared 3x3 head conv (docs/measurements.md's best cnn variant)"),
+    Entry("cnn_s8", "cnn_s8", {}, CNN_EPOCHS,
+          "UHD's tuned CNN preset: cnn_s8_hc32 + uhd/aug_tiny.yaml (the cnn_s8_hc32_aug_tiny ablation as a preset)"),
     Entry("cnn_anchor_w32", "cnn_anchor", {"cnn_width": 32}, CNN_EPOCHS, "anchor head, width 32"),
     Entry("cnn_anchor", "cnn_anchor", {}, CNN_EPOCHS, "anchor head, width 64, SE, stride 16"),
     Entry("transformer", "transformer", {}, TRANSFORMER_EPOCHS, "tiny DETR, 3 layers, d 64"),
@@ -112,7 +115,7 @@ ABLATIONS: list[Entry] = [
     Entry("cnn_aug_tiny", "cnn", {"aug_config": "uhd/aug_tiny.yaml"}, CNN_EPOCHS,
           "UHD's uhd/aug_tiny.yaml (zoom, shift, HSV, blur) instead of the preset's uhd/aug.yaml", "cnn"),
     Entry("cnn_s8_hc32_aug_tiny", "cnn", {"output_stride": 8, "head_conv": 32, "aug_config": "uhd/aug_tiny.yaml"},
-          CNN_EPOCHS, "same change on cnn_s8_hc32", "cnn_s8_hc32"),
+          CNN_EPOCHS, "same change on cnn_s8_hc32 (the configuration of the zoo's `cnn_s8` preset)", "cnn_s8_hc32"),
     Entry("cnn_anchor_w32_aug_tiny", "cnn_anchor", {"cnn_width": 32, "aug_config": "uhd/aug_tiny.yaml"},
           CNN_EPOCHS, "same change on cnn_anchor_w32", "cnn_anchor_w32"),
     Entry("transformer_aug_tiny", "transformer", {"aug_config": "uhd/aug_tiny.yaml"}, TRANSFORMER_EPOCHS,
@@ -192,6 +195,35 @@ def entry_key(entry: Entry, overrides: dict[str, Any], data_fp: str) -> tuple[st
         material["aug_config_sha256"] = hashlib.sha256(aug.read_bytes()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:12]
     return key, material
+
+
+def compatible_entry(cache_dir: Path, name: str, material: dict[str, Any]) -> Path | None:
+    """A cached entry of ``name`` whose key material equals ``material`` except for RunConfig fields it
+    predates, all at their defaults now (a new flag that keeps the old behaviour by default does not
+    invalidate the cache; whether the sources changed is still the code-version check's business)."""
+    from uhd_core.config import RunConfig
+
+    def default(field_name: str) -> Any:
+        value = RunConfig.model_fields[field_name].get_default(call_default_factory=True)
+        return json.loads(json.dumps(value, default=str))
+
+    new_cfg = material["config"]
+    rest = {k: v for k, v in material.items() if k != "config"}
+    for path in sorted((cache_dir / "entries").glob(f"{name}-*/entry.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        old = rec.get("key_material") or {}
+        old_cfg = old.get("config") or {}
+        if rec.get("name") != name or "result" not in rec or {k: v for k, v in old.items() if k != "config"} != rest:
+            continue
+        if not old_cfg or set(old_cfg) - set(new_cfg) or any(old_cfg[k] != new_cfg[k] for k in old_cfg):
+            continue
+        added = set(new_cfg) - set(old_cfg)
+        if all(k in RunConfig.model_fields and new_cfg[k] == default(k) for k in added):
+            return path.parent
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,6 +480,11 @@ def plot(records: list[dict[str, Any]], front_keys: list[str], path: Path, title
     plt.close(fig)
 
 
+def _config_sans_preset(rec: dict[str, Any]) -> dict[str, Any]:
+    """The resolved RunConfig an entry trained, without the (informational) preset name."""
+    return {k: v for k, v in rec.get("key_material", {}).get("config", {}).items() if k != "preset"}
+
+
 def write_report(out_dir: Path, json_path: Path, zoo: list[dict[str, Any]], ablations: list[dict[str, Any]],
                  meta: dict[str, Any]) -> None:
     pts = [(r["latency"]["p50_ms"], r["result"]["eval"]["map50"]) for r in zoo if r.get("latency")]
@@ -547,12 +584,15 @@ def write_report(out_dir: Path, json_path: Path, zoo: list[dict[str, Any]], abla
         parts += lines + [""]
     parts += ["![mAP@0.5 vs latency](zoo.png)", "",
               ("Red: on the Pareto front of the zoo entries; blue: other zoo entries; grey crosses: the ablations "
-              f"that moved mAP@0.5 by more than {NOISE_MAP50} from their base entry (for reference, not part of the front)."), "", "## Notes", "", NOTES_BEGIN, notes or "(none yet)", NOTES_END, ""]
+              f"that moved mAP@0.5 by more than {NOISE_MAP50} from their base entry (for reference, not part of the front; "
+              "an ablation that trains exactly a zoo entry's configuration is shown as that entry)."), "", "## Notes", "", NOTES_BEGIN, notes or "(none yet)", NOTES_END, ""]
     title = (f"{'QUICK smoke run - ' if meta['quick'] else ''}mAP@0.5 (val, {meta['num_val']} images) vs "
              f"ORT latency; {m['cpu_model']}, 1 thread")
     by_name = {r["name"]: r for r in zoo}
+    zoo_configs = [_config_sans_preset(r) for r in zoo]
     moved = [r for r in ablations if r.get("base") in by_name and abs(
-        r["result"]["eval"]["map50"] - by_name[r["base"]]["result"]["eval"]["map50"]) > NOISE_MAP50]
+        r["result"]["eval"]["map50"] - by_name[r["base"]]["result"]["eval"]["map50"]) > NOISE_MAP50
+        and _config_sans_preset(r) not in zoo_configs]  # same config as a zoo entry: plotted as that entry
     plot(zoo, front, png_path, title, moved)
     md_path.write_text("\n".join(parts))
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -630,10 +670,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {**entry.overrides, **common}
         key, material = entry_key(entry, overrides, data_fp)
         entry_dir = cache_dir / "entries" / f"{entry.name}-{key}"
+        if not entry_dir.is_dir():
+            older = compatible_entry(cache_dir, entry.name, material)
+            if older is not None:
+                log(f"[{i}/{len(entries)}] {entry.name}: using {older.name}, made before RunConfig gained fields "
+                    "that are at their defaults here")
+                entry_dir, key = older, older.name.removeprefix(f"{entry.name}-")
         overrides["exp_name"] = f"{entry.name}-{key}"
         run_dir = cache_dir / "runs" / overrides["exp_name"]
         rec_path = entry_dir / "entry.json"
         rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        if rec is not None:  # descriptions are not part of the key: take them from the current definitions
+            rec.update(note=entry.note, base=entry.base)
         if rec is not None and rec.get("code") != code and not args.ignore_code_version:
             log(f"[{i}/{len(entries)}] {entry.name}: cached entry made with other uhd_core sources "
                 f"({rec.get('code')} != {code}): redoing it (--ignore-code-version reuses it)")

@@ -99,3 +99,22 @@ def test_flags_from_overrides() -> None:
     zoo = _zoo_module()
     assert zoo.overrides_to_flags({"cnn_width": 64, "use_ema": False, "use_skip": True}) == [
         "--cnn-width", "64", "--no-use-ema", "--use-skip"]
+
+
+def test_cache_survives_a_new_runconfig_field_at_its_default(tmp_path: Path) -> None:
+    """An entry made before RunConfig gained a field is reused while that field is at its default."""
+    from uhd_core.config import RunConfig, build_config
+
+    zoo = _zoo_module()
+    config = build_config(None, {"image_dir": "x"}).model_dump(mode="json")
+    material = {"zoo_version": zoo.ZOO_VERSION, "config": config, "data": "fp", "torch": "t"}
+    old_cfg = {k: v for k, v in config.items() if k != "topk"}  # as if `topk` were added later
+    entry = tmp_path / "entries" / "cnn-0123456789ab"
+    entry.mkdir(parents=True)
+    (entry / "entry.json").write_text(json.dumps({"name": "cnn", "result": {}, "key_material": {**material, "config": old_cfg}}))
+    assert config["topk"] == RunConfig.model_fields["topk"].default
+    assert zoo.compatible_entry(tmp_path, "cnn", material) == entry
+    assert zoo.compatible_entry(tmp_path, "cnn_w64", material) is None
+    assert zoo.compatible_entry(tmp_path, "cnn", {**material, "config": {**config, "topk": config["topk"] + 1}}) is None
+    assert zoo.compatible_entry(tmp_path, "cnn", {**material, "config": {**config, "lr": 0.5}}) is None
+    assert zoo.compatible_entry(tmp_path, "cnn", {**material, "torch": "other"}) is None
