@@ -277,6 +277,9 @@ class RunConfig(BaseModel):
 DEFAULT_HEAD_BY_ARCH = {"cnn": "centernet", "transformer": "detr"}
 #: Heads each --arch can carry (the transformer's queries feed only its set-prediction head).
 HEADS_BY_ARCH = {"cnn": ("centernet", "anchor"), "transformer": ("detr",)}
+#: --arch -> the field holding its output stride, for architectures whose heads predict on a grid
+#: (input sides must be multiples of it); the transformer predicts normalized boxes at any size.
+GRID_STRIDE_FIELD_BY_ARCH = {"cnn": "output_stride"}
 #: Teacher flag -> (the student --arch it distils into, what it distils).
 TEACHER_STUDENT_ARCH = {
     "teacher_backbone": ("cnn", "ViT features into the CNN"),
@@ -330,8 +333,9 @@ def check_img_size_fits_stride(cfg: RunConfig, size: tuple[int, int], flag: str 
     pixels apart in the image: at 65 px, 5 cells span 80 px and targets drift up to a cell away from
     the features that see them. Nothing fails; the model just learns worse, so refuse it up front.
     """
-    s = cfg.output_stride
-    if cfg.arch == "cnn" and any(side % s for side in size):
+    field = GRID_STRIDE_FIELD_BY_ARCH.get(cfg.arch)
+    s = getattr(cfg, field) if field else 1
+    if any(side % s for side in size):
         h, w = size
         fit = f"{-(-h // s) * s}x{-(-w // s) * s}"
         raise ConfigError(f"{flag} {h}x{w}: sides must be multiples of --output-stride {s} (e.g. {fit})")
