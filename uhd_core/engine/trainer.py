@@ -246,7 +246,7 @@ class Trainer:
         self.index = scan_yolo_folder(require_image_dir(cfg.image_dir), cfg.classes)
         self.dist = dist or DistContext()
         self.device = self.dist.device(resolve_device(cfg.device))
-        if cfg.sync_bn and (self.device.type != "cuda" or cfg.devices < 2):
+        if cfg.sync_bn and (self.device.type != "cuda" or self.dist.world_size < 2):
             raise ConfigError("--sync-bn synchronises BatchNorm across CUDA processes: it needs a CUDA device and "
                               "--devices > 1 (torch's SyncBatchNorm has no CPU implementation)")
         load_augment_pipeline(cfg.aug_config)  # a bad op or value: ConfigError now, not in a worker
@@ -296,7 +296,7 @@ class Trainer:
             run_dir = self.resume_path.resolve().parent
             # Temp files of saves cut short by a crash (kill -9 mid-write); the checkpoints themselves
             # were only ever renamed into place complete.
-            for stale in run_dir.glob(".*.tmp"):
+            for stale in run_dir.glob(".*.tmp") if self.dist.is_main else ():
                 stale.unlink(missing_ok=True)
             return run_dir
         run_dir = Path(cfg.runs_dir) / cfg.exp_name
