@@ -140,5 +140,9 @@ def test_ctrl_c_stops_every_process_after_its_step_with_a_last_checkpoint(tiny_y
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "continue with: uhd train --resume" in out
-    (last,) = sorted(run_dir.glob("last_*.pt"))
-    assert load_checkpoint(last)["world_size"] == 2
+    (finished,) = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "RunFinished"]
+    assert finished["stopped_early"] and finished["epochs_done"] < 500
+    last = load_checkpoint(finished["last_checkpoint"])
+    assert last["world_size"] == 2 and last["epoch"] == finished["epochs_done"]
+    for path in run_dir.glob("*.pt"):
+        load_checkpoint(path)
