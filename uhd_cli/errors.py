@@ -73,7 +73,10 @@ def run_app(app: Any, prog_name: str, args: list[str] | None = None) -> NoReturn
     """What ``main()`` runs instead of ``app(prog_name=...)``: click's own usage errors (``--epochs abc``,
     an unknown option, a missing required option) become one ``error:`` line with exit code 2 instead
     of click's multi-line usage box. ``args`` None = ``sys.argv[1:]``."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    try:  # recent typer vendors click (its commands raise these classes), older typer uses click itself
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    except ImportError:
+        from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
     from typer.main import get_command
 
     try:
