@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from uhd_cli.errors import fail
+from uhd_cli.errors import fail, friendly_errors
 
 
+@friendly_errors
 def dashboard(
     run_dir: Path = typer.Argument(..., help="Run folder holding events.jsonl (runs/EXP_NAME)."),
 ) -> None:
