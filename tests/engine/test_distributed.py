@@ -95,7 +95,8 @@ def _ddp_rank(rank: int, init_file: str, out: str) -> None:
 
 def test_ddp_gradients_of_2_x_8_equal_one_process_of_16(tmp_path):
     out = tmp_path / "ddp_grads.pt"
-    mp.start_processes(_ddp_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2, start_method="fork")
+    # spawn, not fork: forking the multi-threaded pytest process can deadlock a child on a held lock
+    mp.start_processes(_ddp_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2, start_method="spawn")
     ddp = torch.load(out, weights_only=True)
     model = _model()
     single = _gradients(model, *_batch(), model.forward_with_features)

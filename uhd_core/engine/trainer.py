@@ -253,14 +253,14 @@ class Trainer:
         for flag, path in (("--ckpt", cfg.ckpt), ("--teacher-ckpt", cfg.teacher_ckpt)):
             if path and not Path(path).expanduser().is_file():
                 raise CheckpointError(f"{flag} {path}: no such checkpoint file")
-            if path:
-                loaded = load_checkpoint(path)  # refuses unsafe or unknown-format files
-                if flag == "--ckpt" and not cfg.ckpt_non_strict:
-                    # Anchors fitted later (--auto-anchors) only set values; stand-ins give the same shapes.
-                    shaped = cfg if cfg.anchors or not cfg.use_anchor else cfg.model_copy(
-                        update={"anchors": ((0.1, 0.1),) * cfg.num_anchors})
-                    require_exact_fit(path, *compare_state_dicts(build_detector(shaped).state_dict(),
-                                                                 initial_weights(loaded)))
+        # --ckpt's weights, read once here (unsafe or unknown-format files are refused now) and copied
+        # into the model by run(); the --teacher-ckpt is read by build_distiller below.
+        self._initial_state = initial_weights(load_checkpoint(cfg.ckpt)) if cfg.ckpt else None
+        if self._initial_state is not None and not cfg.ckpt_non_strict:
+            # Anchors fitted later (--auto-anchors) only set values; stand-ins give the same shapes.
+            shaped = cfg if cfg.anchors or not cfg.use_anchor else cfg.model_copy(
+                update={"anchors": ((0.1, 0.1),) * cfg.num_anchors})
+            require_exact_fit(cfg.ckpt, *compare_state_dicts(build_detector(shaped).state_dict(), self._initial_state))
         if cfg.teacher_backbone and not Path(cfg.teacher_backbone).expanduser().is_file():
             spec = VIT_TEACHER_ARCHS.get(cfg.teacher_backbone_arch)
             wanted = f"; obtain the official {spec.official_file} and put it there" if spec else ""
@@ -413,12 +413,12 @@ class Trainer:
 
     # -- model state ----------------------------------------------------------------------------
     def _init_weights_from(self, model: Detector, path: str) -> None:
-        """--ckpt: copy the checkpoint's weights (EMA when present) into the new model.
+        """--ckpt: copy the checkpoint's weights (EMA when present, read in __init__) into the new model.
 
         Strict: any missing, unexpected or shape-mismatched tensor is an error that lists them.
         --ckpt-non-strict: copy every tensor whose name and shape match, report the rest (WeightsLoaded).
         """
-        state = initial_weights(load_checkpoint(path))
+        state = self._initial_state
         own = model.state_dict()
         missing, unexpected, mismatched = compare_state_dicts(own, state)
         if not self.cfg.ckpt_non_strict:
