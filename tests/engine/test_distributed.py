@@ -140,7 +140,7 @@ def test_ctrl_c_stops_every_process_after_its_step_with_a_last_checkpoint(tiny_y
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the launcher and both processes
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "continue with: uhd train --resume" in out
+    assert "continue with: uhd train --resume" in out, out
     (finished,) = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "RunFinished"]
     assert finished["stopped_early"] and finished["epochs_done"] < 500
     last = load_checkpoint(finished["last_checkpoint"])

@@ -35,11 +35,11 @@ def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: l
     return trainer, writers
 
 
-def run_trainer(trainer: Trainer, writers: list[Any]) -> RunResult:
+def run_trainer(trainer: Trainer, writers: list[Any], second_signal_exits: bool = True) -> RunResult:
     """Run with SIGINT/SIGTERM meaning "stop gracefully" (RunResult.stop_signal says which came), then
-    close the writers whatever happened."""
+    close the writers whatever happened. ``second_signal_exits``: see stop_on_signals."""
     try:
-        with stop_on_signals(trainer) as received:
+        with stop_on_signals(trainer, second_signal_exits) as received:
             result = trainer.run()
         return dataclasses.replace(result, stop_signal=received.number)
     finally:
@@ -60,7 +60,7 @@ def run_training_process(preset: str | None, overrides: dict[str, Any], subscrib
     trainer, writers = create_trainer(preset, overrides, subscribers, tensorboard, dist=dist)
     init_process_group(dist, trainer.device.type)
     try:
-        return run_trainer(trainer, writers)
+        return run_trainer(trainer, writers, second_signal_exits=False)  # the launcher is the hard stop
     finally:
         close_process_group()
 

@@ -3,13 +3,17 @@
 A second signal does not wait: SIGINT raises KeyboardInterrupt, SIGTERM SystemExit(143), at once.
 That cannot corrupt a checkpoint: every save goes to a temp file renamed into place (checkpoint.py),
 so an interrupted save leaves only a stray temp file, which resume removes.
+
+Under torch.distributed's launcher (torchrun, `uhd train --devices N`) the launcher forwards the
+terminal's Ctrl-C to processes that already got it, at a moment no process can predict; there every
+signal only asks to stop, and the launcher is the hard stop (it kills processes still running after
+its grace period).
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,20 +24,16 @@ class Stoppable(Protocol):
     def request_stop(self) -> None: ...
 
 
-#: Seconds after the first signal before another one counts as "stop now".
-SECOND_SIGNAL_AFTER_S = 1.0
-
-
 @dataclass
 class ReceivedSignal:
     number: int = 0  # the first SIGINT/SIGTERM received, 0 while none
-    at: float = 0.0  # time.monotonic() when it came
 
 
 @contextmanager
-def stop_on_signals(target: Stoppable) -> Iterator[ReceivedSignal]:
+def stop_on_signals(target: Stoppable, second_signal_exits: bool = True) -> Iterator[ReceivedSignal]:
     """While inside, SIGINT/SIGTERM call ``target.request_stop()``; the previous handlers come back after.
 
+    ``second_signal_exits`` False: later signals are ignored too (a process under a launcher).
     Python only lets the main thread install handlers; from any other thread this is a no-op (the
     dashboard runs training in a worker thread and installs this from the main thread).
     """
@@ -43,16 +43,13 @@ def stop_on_signals(target: Stoppable) -> Iterator[ReceivedSignal]:
         return
 
     def handler(signum: int, _frame: object) -> None:
-        now = time.monotonic()
-        # A launcher (torchrun's agent) forwards the terminal's Ctrl-C to a process that got it too:
-        # only a signal that comes a moment after the first is a second request.
-        if received.number and now - received.at >= SECOND_SIGNAL_AFTER_S:
+        if not received.number:
+            received.number = signum
+            target.request_stop()
+        elif second_signal_exits:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
-        if not received.number:
-            received.number, received.at = signum, now
-            target.request_stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
