@@ -60,9 +60,12 @@ def run_training_process(preset: str | None, overrides: dict[str, Any], subscrib
     trainer, writers = create_trainer(preset, overrides, subscribers, tensorboard, dist=dist)
     init_process_group(dist, trainer.device.type)
     try:
-        return run_trainer(trainer, writers, second_signal_exits=False)  # the launcher is the hard stop
-    finally:
-        close_process_group()
+        result = run_trainer(trainer, writers, second_signal_exits=False)  # the launcher is the hard stop
+    except BaseException:
+        close_process_group(synchronize=False)
+        raise
+    close_process_group()
+    return result
 
 
 def launch_local_training(preset: str | None, overrides: dict[str, Any], process_entrypoint: Callable[..., Any]

@@ -97,8 +97,13 @@ def init_process_group(ctx: DistContext, device_type: str) -> None:
                                 world_size=ctx.world_size)
 
 
-def close_process_group() -> None:
+def close_process_group(synchronize: bool = True) -> None:
+    """Leave the job. ``synchronize``: wait for every rank first (rank 0 still saves and evaluates after
+    the last step); gloo can abort a process that tears down while a peer is still connected. False
+    after an error, where the other ranks may never arrive (the launcher stops them)."""
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
