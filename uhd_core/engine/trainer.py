@@ -522,6 +522,7 @@ class Trainer:
         last_path: Path | None = None
         consecutive_nonfinite = 0
         epochs_done = start_epoch - 1
+        stop_now = False
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
             sampler.set_epoch(epoch)
@@ -546,11 +547,11 @@ class Trainer:
                     losses = {**losses, **distill_terms, "loss": losses["loss"] + distill_loss}
                 loss = losses["loss"]
                 # In a DDP job every rank must skip, save and stop at the same step (a rank that skipped
-                # the backward would leave the others waiting in its all-reduce): one tiny all-reduce.
+                # the backward would leave the others waiting in its all-reduce): one tiny all-reduce, and
+                # this step's decisions use its result only, never a flag a signal may set meanwhile.
                 nonfinite, stop, save = self.dist.all_max(
                     [float(not torch.isfinite(loss)), float(self._stop_requested), float(self._save_requested)])
-                self._stop_requested = self._stop_requested or bool(stop)
-                self._save_requested = self._save_requested or bool(save)
+                stop_now, save_now = bool(stop), bool(save)
                 if nonfinite:
                     # Skip the update (weights, EMA, schedule untouched) instead of poisoning the weights;
                     # a streak of them means training diverged, and the last good checkpoint stays as is.
@@ -563,7 +564,7 @@ class Trainer:
                             "fp16 overflow with --use-amp (train without it), --grad-clip-norm 0. The last good "
                             f"checkpoint is {last_path or 'none (no epoch finished)'}"
                         )
-                    if self._stop_requested:
+                    if stop_now:
                         break
                     continue
                 consecutive_nonfinite = 0
@@ -589,7 +590,7 @@ class Trainer:
                     v = value.detach()
                     sums[name] = sums.get(name, 0) + v
                     window[name] = window.get(name, 0) + v
-                if step % cfg.log_interval == 0 or step == steps_per_epoch or self._stop_requested:
+                if step % cfg.log_interval == 0 or step == steps_per_epoch or stop_now:
                     now = time.perf_counter()
                     self.bus.emit(StepEnded(
                         epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, global_step=global_step,
@@ -597,16 +598,16 @@ class Trainer:
                         lr=optimizer.param_groups[0]["lr"], imgs_per_s=window_imgs / max(now - t_window, 1e-9),
                     ))
                     window, window_steps, window_imgs, t_window = {}, 0, 0, now
-                if self._save_requested and not self._stop_requested:
+                if save_now and not stop_now:
                     self._save_requested = False
                     self._save(model, optimizer, scheduler, scaler, ema, epoch - 1, global_step, best_map, best_path,
                                "manual", step=step)
-                if self._stop_requested:
+                if stop_now:
                     break
             seconds = time.perf_counter() - t_epoch
             self.bus.emit(EpochEnded(epoch, {k: float(v) / max(counted_steps, 1) for k, v in sums.items()}, seconds,
                                      epoch_imgs / max(seconds, 1e-9), skipped_steps))
-            if self._stop_requested and step < steps_per_epoch:
+            if stop_now and step < steps_per_epoch:
                 # An interrupted epoch is not a finished one: resume redoes it.
                 last_path = self._save(model, optimizer, scheduler, scaler, ema, epoch - 1, global_step, best_map,
                                        best_path, "last")
@@ -632,12 +633,15 @@ class Trainer:
             last_path = self._save(model, optimizer, scheduler, scaler, ema, epoch, global_step, best_map, best_path,
                                    "last")
             epochs_done = epoch
-            if self._stop_requested:
+            # A stop asked for after the epoch's last step: decided together too (rank 0 may still have
+            # been evaluating while the others waited here).
+            stop_now = bool(self.dist.all_max([float(self._stop_requested)])[0])
+            if stop_now:
                 break
 
-        result = RunResult(self.run_dir, max(best_map, 0.0), best_path, last_path, epochs_done, self._stop_requested)
+        result = RunResult(self.run_dir, max(best_map, 0.0), best_path, last_path, epochs_done, stop_now)
         self.bus.emit(RunFinished(str(self.run_dir), result.best_map50, str(best_path or ""), str(last_path or ""),
-                                  epochs_done, time.perf_counter() - t_run, self._stop_requested))
+                                  epochs_done, time.perf_counter() - t_run, stop_now))
         return result
 
     def _save(self, model, optimizer, scheduler, scaler, ema, epoch: int, global_step: int, best_map: float,
