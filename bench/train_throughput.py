@@ -55,6 +55,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from machine import cpu_model, usable_cores
 from uhd_core.augment import build_augment_pipeline
 from uhd_core.config import RunConfig, build_config
 from uhd_core.data.dataset import (
@@ -115,25 +116,13 @@ class Measurement:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
     import cv2
 
     return {
         "platform": platform.platform(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

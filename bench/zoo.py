@@ -66,6 +66,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py, also when loaded by path (tests)
+from machine import cpu_model, usable_cores  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path("/work/shared/data/coco17val_person_dev/obj_train_data")
 #: Bump when the procedure changes in a way that makes cached entries incomparable.
@@ -150,15 +153,7 @@ def machine_info() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
 
