@@ -43,3 +43,28 @@ def draw_boxes(data, n: int) -> tuple[np.ndarray, np.ndarray]:
     ).reshape(n, 4)
     xyxy = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])], 1)
     return xyxy, to_cxcywh(xyxy)
+
+
+def draw_op_case(data, params_strategy) -> tuple[dict, tuple[int, int], int, np.ndarray, np.ndarray, np.ndarray]:
+    """One hypothesis case for an op: (params, image shape, seed, boxes xyxy, boxes cxcywh, labels).
+
+    Labels are unique (100, 101, ...) so that alignment with the boxes can be checked."""
+    from hypothesis import strategies as st
+
+    params = data.draw(params_strategy, label="params")
+    shape = data.draw(st.sampled_from([(S, S), (48, S)]), label="shape")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    n = data.draw(st.integers(0, 6), label="n_boxes")
+    xyxy, boxes = draw_boxes(data, n)
+    return params, shape, seed, xyxy, boxes, np.arange(100, 100 + n, dtype=np.int64)
+
+
+def assert_valid_pipeline_output(image: np.ndarray, out: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> None:
+    """What any pipeline output must be: same image shape, uint8; float32 cxcywh boxes inside 0..1 with
+    w, h > 0, one int64 label per box."""
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert boxes.dtype == np.float32 and boxes.shape == (len(labels), 4) and labels.dtype == np.int64
+    if len(boxes):
+        corners = to_xyxy(boxes)
+        assert (corners >= -1e-6).all() and (corners <= 1 + 1e-6).all()
+        assert (boxes[:, 2:] > 0).all()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aug_helpers import draw_boxes
+from aug_helpers import assert_valid_pipeline_output, draw_op_case
 from aug_helpers import no_boxes as _no_boxes
 from aug_helpers import noise_image as _noise_image
 from aug_helpers import single_op_pipeline as _pipe
@@ -64,25 +64,15 @@ PARAMS = {
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_op_keeps_boxes_valid_and_aligned(name, data):
-    params = data.draw(PARAMS[name], label="params")
-    shape = data.draw(st.sampled_from([(S, S), (48, S)]), label="shape")
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    n = data.draw(st.integers(0, 6), label="n_boxes")
-    xyxy, boxes = draw_boxes(data, n)
-    labels = np.arange(100, 100 + n, dtype=np.int64)  # unique: alignment is checkable
+    params, shape, seed, xyxy, boxes, labels = draw_op_case(data, PARAMS[name])
     img = _noise_image(seed % 1000, shape)
     img_before, boxes_before = img.copy(), boxes.copy()
 
     out, ob, ol = _pipe(name, **params)(img, boxes, labels, np.random.default_rng(seed))
 
-    assert out.shape == img.shape and out.dtype == np.uint8
+    assert_valid_pipeline_output(img, out, ob, ol)
     np.testing.assert_array_equal(img, img_before)  # inputs untouched
     np.testing.assert_array_equal(boxes, boxes_before)
-    assert ob.dtype == np.float32 and ob.shape == (len(ol), 4) and ol.dtype == np.int64
-    if len(ob):
-        corners_out = _xyxy(ob)
-        assert (corners_out >= -1e-6).all() and (corners_out <= 1 + 1e-6).all()
-        assert (ob[:, 2:] > 0).all()
     # Labels stay aligned: a subsequence of the input, in order, never duplicated.
     assert set(ol.tolist()) <= set(labels.tolist()) and (np.diff(ol) > 0).all()
     # The op on its own (xyxy in, as the pipeline calls it) already returns clipped, aligned boxes.

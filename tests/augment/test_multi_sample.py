@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aug_helpers import draw_boxes
+from aug_helpers import assert_valid_pipeline_output, draw_op_case
 from aug_helpers import no_boxes as _no_boxes
 from aug_helpers import noise_image as _noise_image
 from aug_helpers import single_op_pipeline as _pipe
@@ -128,12 +128,7 @@ def _matches_in_order(out_boxes, out_labels, exp_boxes, exp_labels, tol=1e-5) ->
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_op_keeps_boxes_valid_and_aligned(name, data):
-    params = data.draw(PARAMS[name], label="params")
-    shape = data.draw(st.sampled_from([(S, S), (48, S)]), label="shape")
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    n = data.draw(st.integers(0, 6), label="n_boxes")
-    xyxy, boxes = draw_boxes(data, n)
-    labels = np.arange(100, 100 + n, dtype=np.int64)
+    params, shape, seed, xyxy, boxes, labels = draw_op_case(data, PARAMS[name])
     img = _noise_image(seed % 1000, shape)
     samples = _samples_for(shape)
     img_before, boxes_before = img.copy(), boxes.copy()
@@ -141,17 +136,13 @@ def test_op_keeps_boxes_valid_and_aligned(name, data):
 
     out, ob, ol = _pipe(name, **params)(img, boxes, labels, np.random.default_rng(seed), source=ListSource(samples))
 
-    assert out.shape == img.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert_valid_pipeline_output(img, out, ob, ol)
+    assert out.flags.c_contiguous
     np.testing.assert_array_equal(img, img_before)  # inputs (and the source's samples) untouched
     np.testing.assert_array_equal(boxes, boxes_before)
     for s, before in zip(samples, samples_before):
         for x, y in zip(s, before):
             np.testing.assert_array_equal(x, y)
-    assert ob.dtype == np.float32 and ob.shape == (len(ol), 4) and ol.dtype == np.int64
-    if len(ob):
-        c = _xyxy(ob)
-        assert (c >= -1e-6).all() and (c <= 1 + 1e-6).all()
-        assert (ob[:, 2:] > 0).all()
     known = set(labels.tolist()).union(*(s[2].tolist() for s in samples))
     assert set(ol.tolist()) <= known
 
