@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 from typer.exceptions import Abort, Exit, TyperException
 
-from uhd_core.errors import UhdError, first_line
+from uhd_core.errors import MESSAGE_LIMIT, UhdError, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +37,10 @@ def debug_enabled() -> bool:
 def fail(message: str, code: int = 2) -> NoReturn:
     # One line whatever the message holds: a second line would read as a traceback or a new record
     # to anything that parses stderr.
-    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    text = " ".join(line.strip() for line in str(message)[: 2 * MESSAGE_LIMIT].splitlines() if line.strip())
+    # Bounded whatever the message quotes: no output of UHD is unbounded (issue 16: a 2 GB line).
+    if len(text) > MESSAGE_LIMIT:
+        text = text[: MESSAGE_LIMIT - 3] + "..."
     print(f"error: {text}", file=sys.stderr)
     sys.exit(code)
 
@@ -63,7 +66,7 @@ def friendly_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - a bug or an OS failure: still one line, unless --debug
             if debug_enabled():
                 raise
-            fail(f"unexpected {type(exc).__name__}: {first_line(exc)[:300]} (run again with --debug for the "
+            fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (run again with --debug for the "
                  "traceback)", 1)
 
     return wrapper  # type: ignore[return-value]

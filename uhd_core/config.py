@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from uhd_core.data.labels import MAX_CLASS_ID
-from uhd_core.errors import ConfigError
+from uhd_core.errors import ConfigError, bounded
+from uhd_core.yaml_io import YamlRefused, load_yaml
 
 #: The original tool's default augmentation path; accepted as the name of the built-in config.
 ORIGINAL_DEFAULT_AUG_CONFIG = "uhd/aug.yaml"
@@ -375,13 +376,11 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except YamlRefused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
-    except RecursionError:  # PyYAML composes nested collections recursively: '[[[[...' overflows it
-        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if data is None:
@@ -397,8 +396,11 @@ def check_keys(data: dict[str, Any], source: str) -> None:
     if unknown:
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), valid, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = difflib.get_close_matches(str(key)[:100].replace("-", "_"), valid, n=1)
+            hints.append(repr(bounded(key, 80)) + (f" (did you mean {close[0]!r}?)" if close else ""))
+            if len(hints) == 10:  # a preset of 10k unknown keys still gets one short line
+                hints.append(f"and {len(unknown) - 10} more")
+                break
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(sorted(valid))}"
         )

@@ -11,7 +11,6 @@ they see exactly what a user sees. No row may leave a file behind.
 from __future__ import annotations
 
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,9 @@ from typer.testing import CliRunner
 
 from cli_helpers import WIDE
 from uhd_cli.errors import run_app, set_debug
-from uhd_cli.main import app, main
+from uhd_cli.main import app
+from uhd_runner import assert_one_error_line as _assert_one_error_line
+from uhd_runner import run_uhd
 
 
 
@@ -281,36 +282,6 @@ def paths(tmp_path_factory) -> dict[str, Path]:
     (bad / "aug_wrong_prob.yaml").write_text("data_augment:\n  HorizontalFlip:\n    prob: often\n")
     (bad / "aug_malformed.yaml").write_text("data_augment: [\n  - HorizontalFlip: {prob: \n")
     return {"bad": bad, "data": data}
-
-
-def run_uhd(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """`uhd ARGS` in-process, as the installed script runs it: (exit code, stdout, stderr).
-
-    An exception that escapes main() is printed the way the interpreter would (a traceback on
-    stderr, exit 1), so a row cannot pass by crashing.
-    """
-    monkeypatch.setattr(sys, "argv", ["uhd", *args])
-    with CliRunner(env=WIDE).isolation() as (out, err, _):
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except Exception:  # noqa: BLE001 - render it as Python would
-            traceback.print_exc(file=sys.stderr)
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")
-
-
-def _assert_one_error_line(stderr: str, expect: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
-    assert lines[0].startswith("error: "), lines[0]
-    assert expect in lines[0], f"{expect!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=n) for n, r in ROWS.items()])

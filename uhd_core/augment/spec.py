@@ -22,13 +22,13 @@ from importlib import resources
 from pathlib import Path, PurePath
 from typing import Any
 
-import yaml
 
 # Importing the op modules registers the ops.
 from uhd_core.augment import geometric, photometric, unimplemented  # noqa: F401
 from uhd_core.augment._params import as_float
 from uhd_core.augment.errors import AugmentConfigError, AugmentConfigNotFoundError, UnknownAugmentOpError
 from uhd_core.augment.registry import AUGMENT_OP_INFO, AUGMENT_OPS
+from uhd_core.yaml_io import YamlRefused, load_yaml
 
 #: The original tool's default path; it names the built-in default config here.
 ORIGINAL_DEFAULT_PATH = "uhd/aug.yaml"
@@ -176,10 +176,7 @@ def load_augment_specs(source: str | Path | None) -> list[AugOpSpec]:
             raise AugmentConfigNotFoundError(f"augmentation config not found: {path}")
         text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise AugmentConfigError(f"{origin}: invalid YAML: {detail}") from None
-    except RecursionError:  # PyYAML composes nested collections recursively: '[[[[...' overflows it
-        raise AugmentConfigError(f"{origin}: invalid YAML: nested too deeply") from None
+        data = load_yaml(text)
+    except YamlRefused as exc:
+        raise AugmentConfigError(f"{origin}: {exc}") from None
     return parse_augment_specs(data, origin)

@@ -11,35 +11,10 @@ from typing import Any
 import torch
 
 from uhd_core.errors import CheckpointError, first_line
+# Re-exported: the atomic writers live with the other output rules (uhd_core/outputs.py).
+from uhd_core.outputs import atomic_write_bytes, atomic_write_text  # noqa: F401
 
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via a temp file in the same directory + fsync + rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
