@@ -71,6 +71,9 @@ class RunConfig(BaseModel):
     ckpt: str = Field("", **_flag("Initialise weights from this checkpoint (weights only).", group="run"))
     ckpt_non_strict: bool = Field(False, **_flag("Allow missing/unexpected keys with --ckpt.", group="run"))
     device: str = Field("auto", **_flag("cuda, cuda:N or cpu ('auto' = cuda if available).", group="run"))
+    threads: int = Field(
+        0, ge=0, **_flag("torch threads per training process (0 = auto: 1 on the CPU, which keeps training fast when "
+                         "another process uses a core; see docs/measurements.md).", group="run"))
     devices: int = Field(
         1, ge=1, **_flag("Training processes on this machine (DistributedDataParallel through torch.distributed's "
                          "elastic launcher, as torchrun; one per GPU on CUDA). --batch-size is per process.", group="run")

@@ -36,6 +36,7 @@ from uhd_core.distill.base import Distiller, cosine_ramp
 from uhd_core.distill.factory import build_distiller
 from uhd_core.distill.vit import VIT_TEACHER_ARCHS
 from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint, prune_checkpoints, save_checkpoint
+from uhd_core.engine.cpu_threads import apply_intra_op_threads
 from uhd_core.engine.distributed import DistContext, EpochTaggedDistributedSampler
 from uhd_core.engine.ema import ModelEMA
 from uhd_core.engine.evaluate import evaluate_detector
@@ -430,6 +431,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        apply_intra_op_threads(self.cfg.threads, self.device)
         try:
             return self._run()
         except UhdError as exc:
