@@ -416,11 +416,13 @@ BAD_ONNX = {"empty": "is empty (0 bytes)", "config-not-json": "uhd_config metada
             "another-model's-metadata": "copied from another model"}
 
 
-@pytest.mark.parametrize("kind", list(BAD_ONNX))
-@pytest.mark.parametrize("command", ["eval", "predict", "bench"])
+#: bench times the graph and never builds the model uhd_config describes: it is not asked to judge that config
+LOADERS = [(command, kind) for command in ("eval", "predict", "bench") for kind in BAD_ONNX
+           if not (command == "bench" and kind in ("config-not-a-config", "another-model's-metadata"))]
+
+
+@pytest.mark.parametrize("command, kind", LOADERS)
 def test_a_damaged_or_foreign_onnx_is_one_line_naming_the_file(files, kind, command, tmp_path, monkeypatch):
-    if command == "bench" and kind in ("config-not-a-config", "another-model's-metadata"):
-        pytest.skip("bench times the graph; it does not build the model the config describes")
     bad = _bad_onnx(files, tmp_path, kind)
     argv = {"eval": ["eval", bad, "--image-dir", files["data"]],
             "predict": ["predict", bad, "--source", files["data"], "--out", tmp_path / "p"],
