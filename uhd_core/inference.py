@@ -18,8 +18,9 @@ import torch
 
 from uhd_core.config import RunConfig, build_config, stored_config
 from uhd_core.data.dataset import images_to_input
+from uhd_core.data.images import INTERPOLATIONS
 from uhd_core.engine.checkpoint import load_checkpoint
-from uhd_core.errors import CheckpointError, UhdError, first_line
+from uhd_core.errors import CheckpointError, UhdError, bounded, first_line
 from uhd_core.models.detector import Detector, build_detector
 
 
@@ -49,25 +50,59 @@ class OnnxPredictor:
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
 
-        from uhd_core.export.onnx_export import read_metadata
+        from uhd_core.export.onnx_export import REEXPORT, load_export, ort_source
 
-        try:
-            meta = read_metadata(path)
-        except UhdError:
-            raise CheckpointError(f"{path}: not a UHD export (no uhd_* metadata); export it with `uhd export`") from None
+        _, meta = load_export(path)  # one CheckpointError line for an empty/damaged/foreign file
         if not meta["config"]:
-            raise CheckpointError(f"{path}: not a UHD export (no uhd_config metadata); export it with `uhd export`")
-        self.cfg = build_config(None, base=stored_config(meta["config"]))
+            raise CheckpointError(f"{bounded(path)}: not a UHD export (no uhd_config metadata); "
+                                  "export it with `uhd export`")
+        try:
+            self.cfg = build_config(None, base=stored_config(meta["config"]))
+        except UhdError as exc:
+            raise CheckpointError(f"{bounded(path)}: its uhd_config metadata is not a valid UHD config "
+                                  f"({first_line(exc)}): the file was edited after export; {REEXPORT}") from None
         pre = meta["preprocess"]
-        self.img_size = tuple(pre.get("img_size", self.cfg.img_size))
+        self.img_size = tuple(pre["img_size"])
         self.resize_interpolation = pre.get("resize", self.cfg.resize_interpolation)
+        if self.resize_interpolation not in INTERPOLATIONS:
+            raise CheckpointError(f"{bounded(path)}: its uhd_preprocess metadata names an unknown resize "
+                                  f"{bounded(self.resize_interpolation)!r}: the file was edited after export; {REEXPORT}")
         self.merged = bool(meta["merged"])
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(ort_source(path), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.static_batch = batch_dim if isinstance(batch_dim, int) else None  # a static export takes only that
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.head = None if self.merged else build_detector(self.cfg).head.eval()
+        detector = build_detector(self.cfg).eval()
+        self.head = None if self.merged else detector.head
+        self._probe(path, detector)
+
+    def _probe(self, path: Path, detector: Detector) -> None:
+        """One run on zeros: the graph must take the metadata's input size and give outputs of the
+        shapes the ``uhd_config`` model gives (else the metadata belongs to another model)."""
+        from uhd_core.export.onnx_export import REEXPORT
+
+        h, w = self.img_size
+        x = np.zeros((self.static_batch or 1, 3, h, w), np.float32)
+        try:
+            got = self.session.run(None, {self.input_name: x})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"{bounded(path)}: ONNX Runtime cannot run it at its metadata's input size "
+                                  f"{h}x{w} ({first_line(exc)}); {REEXPORT}") from None
+        if self.merged:
+            fits = got[0].ndim == 3 and got[0].shape[-1] == 6
+            want = "(B, N, 6) detections"
+        else:
+            with torch.no_grad():
+                ref = detector.head.export_outputs(detector(torch.zeros(1, 3, h, w)))
+            want = {name: list(ref[name].shape[1:]) for name in self.output_names if name in ref}
+            fits = len(want) == len(got) and all(list(g.shape[1:]) == want[name]
+                                                 for name, g in zip(self.output_names, got, strict=True))
+        if not fits:
+            shapes = [list(g.shape) for g in got]
+            raise CheckpointError(f"{bounded(path)}: its graph outputs {shapes} do not fit the model its uhd_config "
+                                  f"metadata describes ({bounded(want)}): the metadata was edited or copied from "
+                                  f"another model; {REEXPORT}")
 
     def predict(self, images: np.ndarray, topk: int) -> np.ndarray:
         step = self.static_batch or len(images)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -98,6 +100,63 @@ def write_output(path: Path, data: bytes | str, flag: str = "output") -> None:
         atomic_write_bytes(path, lambda fh: fh.write(payload))
     except OSError as exc:
         raise OutputError(f"{flag}: {describe_os_error(exc, path)}") from None
+
+
+def move_output(src: Path, dst: Path, flag: str = "output") -> None:
+    """Rename ``src`` (a finished temp file) to ``dst`` atomically and durably; an OS failure becomes
+    an OutputError naming ``dst``."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        raise OutputError(f"{flag}: {describe_os_error(exc, dst)}") from None
+    fsync_dir(Path(dst).parent)
+
+
+def encode_image(image_bgr: Any, suffix: str) -> bytes:
+    """(H, W, 3) uint8 BGR -> the bytes of an image file of type ``suffix`` (``.jpg``, ``.png``, ...).
+
+    Encoding in memory is how UHD writes images: ``cv2.imwrite`` takes the path as UTF-8 and
+    crashes the process (SIGSEGV) on a file name that is not valid UTF-8, e.g. a Shift-JIS name
+    from a Japanese zip (Python holds it as a surrogate-escaped str). An unknown suffix is PNG.
+    """
+    import cv2
+
+    suffix = suffix.lower() if native_path_ok(suffix) else ""
+    ok, data = cv2.imencode(suffix, image_bgr) if suffix else (False, None)
+    if not ok:
+        ok, data = cv2.imencode(".png", image_bgr)
+    if not ok:
+        raise OutputError("cannot encode the image (OpenCV's encoder failed)")
+    return data.tobytes()
+
+
+def write_image(path: Path, image_bgr: Any, flag: str = "output") -> None:
+    """Encode ``image_bgr`` by ``path``'s suffix and write it atomically (see ``encode_image``)."""
+    write_output(path, encode_image(image_bgr, Path(path).suffix), flag)
+
+
+def native_path_ok(path: Path | str) -> bool:
+    """Whether a C++ library (OpenCV, ONNX Runtime) may be handed ``path`` as a str: they read it
+    as UTF-8, and OpenCV crashes the process (SIGSEGV) on a surrogate-escaped (non-UTF-8) name."""
+    try:
+        os.fspath(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+@contextmanager
+def opencv_path(path: Path | str) -> Iterator[str]:
+    """A str for OpenCV APIs that only take a path (``cv2.VideoCapture``): ``path`` itself, or,
+    when its name is not valid UTF-8, an ASCII-named symlink to it in a temp folder."""
+    if native_path_ok(path):
+        yield os.fspath(path)
+        return
+    suffix = Path(path).suffix
+    with tempfile.TemporaryDirectory(prefix="uhd_cv2_") as tmp:
+        link = Path(tmp) / ("input" + (suffix if suffix.isascii() else ""))
+        os.symlink(os.path.abspath(os.fspath(path)), link)
+        yield str(link)
 
 
 def _real(path: Path) -> Path:

@@ -135,6 +135,10 @@ def test_export_matches_pytorch(case, models, exported):
                                             "letterbox": False}
     assert meta["config"] == cfg.model_dump(mode="json")
     assert meta["outputs"] == names and meta["merged"] is merged and meta["topk"] == TOPK
+    # only UHD's own entries: onnxsim's 14 ``onnxsim.*`` stamps are stripped (issue 16, finding 13)
+    assert report.simplified
+    assert sorted(p.key for p in onnx.load(str(report.path)).metadata_props) == sorted(
+        ["uhd_preprocess", "uhd_config", "uhd_outputs", "uhd_merged", "uhd_topk", "uhd_dynamic"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)

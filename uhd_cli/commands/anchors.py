@@ -29,15 +29,19 @@ def anchors(
     train_split_only: bool = typer.Option(False, "--train-split-only",
                                           help="Use only the training images of `uhd train`'s default split with --seed."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the numbers as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """Fit anchors to the boxes of a YOLO folder, or report how well given anchors cover them."""
     from rich.console import Console
     from rich.table import Table
 
     from uhd_core import anchors as core
+    from uhd_core.outputs import check_output_file, write_output
 
     if not auto and given is None:
         raise ConfigError("give --auto to compute anchors and/or --anchors 'w,h ...' to evaluate them")
+    if json_path is not None:  # before the fit: a bad target fails in a second
+        check_output_file(json_path, flag="--json", overwrite=overwrite, input_dirs=[image_dir])
     cfg = build_config(overrides={"classes": classes, "img_size": img_size, "seed": seed})
     given_arr = core.parse_anchor_string(given) if given is not None else None
     wh = core.load_box_sizes(image_dir, cfg.classes, train_split_only=train_split_only,
@@ -81,11 +85,8 @@ def anchors(
     typer.echo(f'--anchors "{anchors_string}"')
 
     if json_path is not None:
-        from uhd_core.engine.checkpoint import atomic_write_text
-
         payload = {name: r.to_dict() for name, r in reports.items()}
         payload.update(anchors_string=anchors_string, num_boxes=int(len(wh)), image_dir=str(image_dir),
                        img_size=[height, width])
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+        write_output(json_path, json.dumps(payload, indent=2) + "\n", "--json")
         typer.echo(f"wrote {json_path}")

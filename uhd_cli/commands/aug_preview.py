@@ -9,7 +9,7 @@ import typer
 
 from uhd_cli.errors import friendly_errors
 from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, build_config
-from uhd_core.errors import ConfigError, DataError, RunDirError
+from uhd_core.errors import ConfigError, DataError
 
 DEFAULT_SYNTH_DIR = Path("data/synth")
 
@@ -34,15 +34,18 @@ def aug_preview(
 
     from uhd_core.augment.pipeline import load_augment_pipeline
     from uhd_core.augment.preview import load_preview_samples, make_preview, synthetic_samples, write_png
+    from uhd_core.outputs import check_output_file
 
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the PNG file's path")
-    if out.exists() and not overwrite:
-        raise RunDirError(f"--out {out} exists; pass --overwrite or another --out")
     cfg = build_config(overrides={"img_size": img_size, "seed": seed, "aug_config": config})
-    pipeline = load_augment_pipeline(cfg.aug_config, flag="aug-preview CONFIG")
     if image_dir is None and DEFAULT_SYNTH_DIR.is_dir():
         image_dir = DEFAULT_SYNTH_DIR
+    # Before the rendering: never the aug YAML itself, nothing inside the image folder.
+    config_file = Path(cfg.aug_config)
+    check_output_file(out, flag="--out", overwrite=overwrite, inputs=[config_file if config_file.is_file() else None],
+                      input_dirs=[image_dir])
+    pipeline = load_augment_pipeline(cfg.aug_config, flag="aug-preview CONFIG")
     if image_dir is None:
         samples = synthetic_samples(cfg.img_size, n, seed)
         where = "synthetic images"
@@ -52,7 +55,7 @@ def aug_preview(
         if not samples:
             raise DataError(f"--image-dir {image_dir}: none of the chosen images could be decoded")
     preview = make_preview(pipeline, samples, variants=variants, seed=seed, scale=scale, per_op=per_op)
-    write_png(out, preview.grid)
+    write_png(out, preview.grid, flag="--out")
 
     table = Table(title=f"{config}: {len(samples)} images from {where}, "
                         f"{'one column per op' if per_op else f'{variants} variants each'}")

@@ -30,14 +30,17 @@ def bench(
     batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes (a static export: its own only)."),
     runs: int = typer.Option(200, "--runs", min=1, help="Timed calls per setting (after 20 warm-up calls)."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the rows as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """ONNX Runtime (CPU) latency p50/p90/p99 and throughput per (threads, batch), with MACs and GMAC/s."""
     from rich.console import Console
     from rich.table import Table
 
-    from uhd_core.engine.checkpoint import atomic_write_text
     from uhd_core.export.bench import bench_onnx
+    from uhd_core.outputs import check_output_file, write_output
 
+    if json_path is not None:  # before the timing runs
+        check_output_file(json_path, flag="--json", overwrite=overwrite, inputs=[model])
     rows, macs, (h, w) = bench_onnx(model, _int_list(threads, "--threads"), _int_list(batch, "--batch"), runs)
     table = Table(title=f"uhd bench {model.name}: {h}x{w}, {runs} runs per row, "
                         f"{'%s MACs/image' % f'{macs:,}' if macs is not None else 'MACs n/a'}")
@@ -48,6 +51,5 @@ def bench(
                       f"{r.imgs_per_s:.0f}", f"{r.gmacs_per_s:.2f}" if r.gmacs_per_s is not None else "n/a")
     Console().print(table)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_path, json.dumps({"model": str(model), "img_size": [h, w], "macs": macs,
-                                                 "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        write_output(json_path, json.dumps({"model": str(model), "img_size": [h, w], "macs": macs,
+                                            "rows": [dataclasses.asdict(r) for r in rows]}, indent=1), "--json")

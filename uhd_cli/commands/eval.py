@@ -22,14 +22,17 @@ def eval_model(
                                       help="Score threshold for precision/recall/F1 (mAP uses every detection)."),
     iou: float = typer.Option(0.5, "--iou", min=0.05, max=0.95, help="IoU threshold of the VOC mAP."),
     json_path: Optional[Path] = typer.Option(None, "--json", metavar="PATH", help="Also write the numbers as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """Score a model: VOC mAP@IoU, COCO mAP@[.5:.95] and AP50, per-class AP, P/R/F1, best-F1 threshold."""
     from rich.console import Console
     from rich.table import Table
 
-    from uhd_core.engine.checkpoint import atomic_write_text
     from uhd_core.engine.model_eval import evaluate_model
+    from uhd_core.outputs import check_output_file, write_output
 
+    if json_path is not None:  # before the evaluation: a bad target fails in a second, not after it
+        check_output_file(json_path, flag="--json", overwrite=overwrite, inputs=[model], input_dirs=[image_dir])
     class_ids = build_config(overrides={"classes": classes}).classes if classes else None
     report = evaluate_model(model, image_dir, classes=class_ids, conf_thresh=conf_thresh, iou=iou)
     table = Table(title=f"uhd eval {model.name}: {report.num_images} images of {report.image_dir}", show_header=False)
@@ -46,5 +49,4 @@ def eval_model(
     table.add_row("images/s (model + decode)", f"{report.imgs_per_s:.0f}")
     Console().print(table)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_path, json.dumps(dataclasses.asdict(report), indent=1))
+        write_output(json_path, json.dumps(dataclasses.asdict(report), indent=1), "--json")

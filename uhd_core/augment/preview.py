@@ -146,12 +146,9 @@ def synthetic_samples(img_size: tuple[int, int], n: int, seed: int) -> list[Samp
         return load_preview_samples(folder, img_size, n, seed)
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Encode (H, W, 3) BGR as PNG and write it atomically (temp file + rename)."""
-    from uhd_core.engine.checkpoint import atomic_write_bytes
+def write_png(path: Path, image: np.ndarray, flag: str = "--out") -> None:
+    """Encode (H, W, 3) BGR as PNG and write it atomically (temp file + rename); an OS failure
+    (read-only disk, disk full) is one OutputError line naming ``path`` (``uhd_core.outputs``)."""
+    from uhd_core.outputs import encode_image, write_output
 
-    ok, data = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(path), lambda fh: fh.write(data.tobytes()))
+    write_output(Path(path), encode_image(image, ".png"), flag)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from uhd_core.errors import CheckpointError, ConfigError, first_line
-from uhd_core.export.onnx_export import count_macs, read_metadata
+from uhd_core.errors import CheckpointError, ConfigError, bounded, first_line
+from uhd_core.export.onnx_export import REEXPORT, count_macs, load_export, ort_source
 
 
 @dataclass
@@ -37,13 +37,14 @@ def bench_onnx(path: str | Path, threads: list[int], batches: list[int], runs: i
         raise CheckpointError(f"{path} is a folder; give an exported model (.onnx)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX file")
-    try:
-        meta = read_metadata(path)
-    except Exception as exc:  # noqa: BLE001 - onnx raises many types for a damaged file
-        first = first_line(exc)
-        raise CheckpointError(f"{path}: cannot be read as a UHD ONNX export ({first[:200]})") from None
+    _, meta = load_export(path)  # one line for an empty, damaged or foreign file
     h, w = meta["preprocess"]["img_size"]
-    probe = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source = ort_source(path)
+    try:
+        probe = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise CheckpointError(f"{bounded(path)}: ONNX Runtime cannot load it ({first_line(exc)}); "
+                              f"{REEXPORT}") from None
     batch_dim = probe.get_inputs()[0].shape[0]
     name = probe.get_inputs()[0].name
     if isinstance(batch_dim, int) and any(b != batch_dim for b in batches):
@@ -58,7 +59,7 @@ def bench_onnx(path: str | Path, threads: list[int], batches: list[int], runs: i
         options = ort.SessionOptions()
         options.intra_op_num_threads = t
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         for b in batches:
             x = np.random.default_rng(0).random((b, 3, h, w), dtype=np.float32)
             for _ in range(warmup):

@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from uhd_core.config import RunConfig
-from uhd_core.engine.checkpoint import atomic_write_bytes
-from uhd_core.errors import UhdError, first_line
+from uhd_core.errors import UhdError, bounded, first_line
 from uhd_core.models.detector import Detector, count_parameters
+from uhd_core.outputs import native_path_ok, write_output
 
 INPUT_NAME = "images"
 MERGED_NAME = "detections"
@@ -134,8 +134,14 @@ def _ort_session(model: onnx.ModelProto | bytes | str | Path) -> Any:
     opts.log_severity_level = 3
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     if isinstance(data, Path):
-        data = str(data)
+        data = ort_source(data)
     return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def ort_source(path: str | Path) -> str | bytes:
+    """What to hand ``onnxruntime.InferenceSession`` for the file ``path``: the path, or the file's
+    bytes when its name is not valid UTF-8 (ONNX Runtime takes paths as UTF-8 strings)."""
+    return str(path) if native_path_ok(path) else Path(path).read_bytes()
 
 
 def _simplify(model: onnx.ModelProto, samples: Sequence[np.ndarray],
@@ -252,10 +258,13 @@ def export_onnx(model: Detector, cfg: RunConfig, out_path: str | Path, *, img_si
         "uhd_topk": str(topk),
         "uhd_dynamic": "1" if dynamic else "0",
     }
-    onnx.helper.set_model_props(onnx_model, {**{p.key: p.value for p in onnx_model.metadata_props}, **meta})
+    # onnxsim stamps 14 ``onnxsim.*`` entries (its version, per-op counts): noise for a deployer
+    # reading the file's metadata, so only other producers' entries and UHD's own are kept.
+    kept = {p.key: p.value for p in onnx_model.metadata_props if not p.key.startswith("onnxsim")}
+    del onnx_model.metadata_props[:]
+    onnx.helper.set_model_props(onnx_model, {**kept, **meta})
     data = onnx_model.SerializeToString()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_path, lambda fh: fh.write(data))
+    write_output(out_path, data, "--output")
 
     try:
         macs: int | None = count_macs(out_path)
@@ -288,6 +297,84 @@ def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
         "topk": int(props.get("uhd_topk", "100")),
         "dynamic": props.get("uhd_dynamic", "0") == "1",
     }
+
+
+REEXPORT = "re-export it with `uhd export CHECKPOINT`"
+
+
+def load_export(onnx_path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Read a UHD export for ``eval``/``predict``/``bench``: (the model, its decoded ``uhd_*`` metadata).
+
+    Every way the file can be unusable is one ``CheckpointError`` line naming the file and what to
+    do, instead of an ONNX Runtime/protobuf text: an empty file, a file that is not ONNX, an ONNX
+    without UHD metadata, metadata that does not parse (edited after export), and metadata that
+    does not describe this graph (an input size or output names other than the graph's: copied
+    from another model). Whether the graph's output *shapes* fit ``uhd_config`` needs the model
+    built from it: ``uhd_core.inference.OnnxPredictor`` checks that with one probe run.
+    """
+    from uhd_core.errors import CheckpointError
+
+    path = Path(onnx_path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{bounded(path)}: cannot be read ({bounded(exc.strerror or exc)})") from None
+    if size == 0:
+        raise CheckpointError(f"{bounded(path)} is empty (0 bytes): {REEXPORT}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises many types for a damaged file
+        raise CheckpointError(f"{bounded(path)}: cannot be read as an ONNX model ({first_line(exc)}); "
+                              f"a damaged or truncated file? {REEXPORT}") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "uhd_preprocess" not in props:
+        raise CheckpointError(f"{bounded(path)}: not a UHD export (no uhd_* metadata); export it with `uhd export`")
+
+    def damaged(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{bounded(path)}: its {key} metadata is damaged ({bounded(why)}): the file was "
+                               f"edited after export; {REEXPORT}")
+
+    decoded: dict[str, Any] = {}
+    for key, default in (("uhd_preprocess", None), ("uhd_config", "{}"), ("uhd_outputs", "[]")):
+        try:
+            decoded[key] = json.loads(props.get(key, default))
+        except ValueError as exc:
+            raise damaged(key, f"not valid JSON: {exc}") from None
+    pre, config, outputs = decoded["uhd_preprocess"], decoded["uhd_config"], decoded["uhd_outputs"]
+    if not isinstance(pre, dict):
+        raise damaged("uhd_preprocess", "not a JSON object")
+    if not isinstance(config, dict):
+        raise damaged("uhd_config", "not a JSON object")
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise damaged("uhd_outputs", "not a list of output names")
+    hw = pre.get("img_size")
+    if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                          for v in hw)):
+        raise damaged("uhd_preprocess", f"img_size {hw!r} is not [height, width]")
+    try:
+        topk = int(props.get("uhd_topk", "100"))
+    except ValueError:
+        raise damaged("uhd_topk", f"{props['uhd_topk']!r} is not a number") from None
+    meta = {"preprocess": pre, "config": config, "outputs": outputs, "merged": props.get("uhd_merged", "0") == "1",
+            "topk": topk, "dynamic": props.get("uhd_dynamic", "0") == "1"}
+
+    init = {t.name for t in model.graph.initializer}
+    graph_inputs = _graph_shapes([i for i in model.graph.input if i.name not in init])
+    other_model = "its metadata was edited or copied from another model"
+    if len(graph_inputs) != 1 or INPUT_NAME not in graph_inputs or len(graph_inputs[INPUT_NAME]) != 4:
+        raise CheckpointError(f"{bounded(path)}: its graph does not take one (B, 3, H, W) input {INPUT_NAME!r} "
+                              f"(inputs {bounded(graph_inputs)}) although it has UHD metadata: {other_model}; {REEXPORT}")
+    dims = graph_inputs[INPUT_NAME]
+    fixed_hw = [d for d in dims[2:] if isinstance(d, int)]
+    if (isinstance(dims[1], int) and dims[1] != 3) or (len(fixed_hw) == 2 and fixed_hw != hw):
+        raise CheckpointError(f"{bounded(path)}: its uhd_preprocess metadata says img_size {hw[0]}x{hw[1]} but the "
+                              f"graph takes {dims}: {other_model}; {REEXPORT}")
+    graph_outputs = [o.name for o in model.graph.output]
+    expected = [MERGED_NAME] if meta["merged"] else outputs
+    if expected and graph_outputs != expected:
+        raise CheckpointError(f"{bounded(path)}: its graph outputs {bounded(graph_outputs)} are not the "
+                              f"{bounded(expected)} its uhd_* metadata names: {other_model}; {REEXPORT}")
+    return model, meta
 
 
 def read_preprocess(onnx_path: str | Path) -> dict[str, Any]:
@@ -332,8 +419,10 @@ def verify_onnx(model: Detector, onnx_path: str | Path, inputs: Sequence[torch.T
                 tol: float = 1e-4) -> dict[str, float]:
     """Run ONNX Runtime (CPUExecutionProvider) and the PyTorch ExportWrapper on every input.
 
-    Returns {output name: max abs difference over all inputs} (inf on a shape mismatch); the caller
-    decides pass/fail (``all(d < tol ...)``). Merged ``detections`` are compared with
+    Returns {output name: max abs difference over all inputs}: inf on a shape mismatch, NaN when
+    either side's output holds a NaN or inf (a model with non-finite weights would otherwise
+    compare as "no difference", since NaN - NaN is NaN and ``max(0.0, nan)`` is 0.0). The caller
+    decides pass/fail (``d <= tol`` is False for both). Merged ``detections`` are compared with
     :func:`compare_detections` (robust to top-k tie permutations); scores within min(1e-6, tol/100)
     count as tied. A graph that ONNX Runtime cannot run raises ExportError.
     """
@@ -354,14 +443,22 @@ def verify_onnx(model: Detector, onnx_path: str | Path, inputs: Sequence[torch.T
             raise ExportError(f"ONNX Runtime failed on input {list(images.shape)}: {first[:300]}") from exc
         for name, r, g in zip(names, refs, got):
             r_np = r.numpy()
-            if name == MERGED_NAME:
+            if not (np.isfinite(r_np).all() and np.isfinite(g).all()):
+                d = float("nan")
+            elif name == MERGED_NAME:
                 d = compare_detections(r_np, g, tie_eps=min(TIE_EPS, tol / 100))
             elif r_np.shape != g.shape:
                 d = float("inf")
             else:
                 d = float(np.abs(r_np - g).max()) if r_np.size else 0.0
-            diffs[name] = max(diffs[name], d)
+            diffs[name] = float("nan") if np.isnan(d) or np.isnan(diffs[name]) else max(diffs[name], d)
     return diffs
+
+
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` that hold a NaN or inf."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
