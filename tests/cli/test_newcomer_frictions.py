@@ -3,6 +3,9 @@ dashboard replay (the 80x24 dashboard layout is tested in test_dashboard.py)."""
 
 from __future__ import annotations
 
+import tomllib
+import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,3 +46,23 @@ def test_train_help_still_shows_the_generated_defaults(monkeypatch):
     code, out, _ = run_uhd(["train", "--help"], monkeypatch)
     assert code == 0
     assert "[default: runs]" in out and "[default: 64x64]" in out
+
+
+# -- packaging ------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pyproject_license_is_an_spdx_string_that_setuptools_reads_without_a_deprecation():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "Apache-2.0"
+    # the string form needs setuptools >= 77; older ones would reject the install
+    assert "setuptools>=77" in project["build-system"]["requires"]
+    setuptools = pytest.importorskip("setuptools")
+    from setuptools.config.pyprojecttoml import apply_configuration
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(setuptools.Distribution(), ROOT / "pyproject.toml")
+    assert not [w for w in caught if "license" in str(w.message)]  # the box printed three times per install
+    assert dist.metadata.license_expression == "Apache-2.0"
