@@ -66,3 +66,34 @@ def test_pyproject_license_is_an_spdx_string_that_setuptools_reads_without_a_dep
         dist = apply_configuration(setuptools.Distribution(), ROOT / "pyproject.toml")
     assert not [w for w in caught if "license" in str(w.message)]  # the box printed three times per install
     assert dist.metadata.license_expression == "Apache-2.0"
+
+
+# -- aug-preview captions -----------------------------------------------------------------------------
+
+def test_caption_leaves_out_a_box_filter_that_dropped_nothing():
+    from uhd_core.augment.pipeline import OpTrace
+    from uhd_core.augment.preview import caption
+
+    flip, kept, dropped = OpTrace("HorizontalFlip", 0.0, 2, 2), OpTrace("RemoveOutliers", 0.0, 2, 2), \
+        OpTrace("RemoveOutliers", 0.0, 3, 1)
+    assert caption([flip, kept]) == "HorizontalFlip"
+    assert caption([kept]) == "(no op fired)"
+    assert caption([flip, dropped]) == "HorizontalFlip, RemoveOutliers -2 boxes"
+
+
+def test_preview_tiles_are_not_all_captioned_remove_outliers(monkeypatch):
+    import uhd_core.augment.preview as preview
+    from uhd_core.augment.pipeline import AugmentPipeline
+    from uhd_core.augment.spec import parse_augment_specs
+
+    captions: list[str] = []
+    render = preview.render_tile
+    monkeypatch.setattr(preview, "render_tile", lambda image, boxes, text, scale: (captions.append(text),
+                                                                                  render(image, boxes, text, scale))[1])
+    pipeline = AugmentPipeline(parse_augment_specs({"data_augment": {"HorizontalFlip": 0.5,
+                                                                     "RemoveOutliers": 1.0e-8}}))
+    preview.make_preview(pipeline, preview.synthetic_samples((64, 64), 2, seed=0), variants=4, scale=1)
+    augmented = [c for c in captions if c != "original"]
+    assert len(augmented) == 8
+    assert not any("RemoveOutliers" in c for c in augmented)  # it fired on every tile and dropped nothing
+    assert "HorizontalFlip" in augmented and "(no op fired)" in augmented
