@@ -16,6 +16,7 @@ from textual.events import Key
 from textual.screen import ModalScreen
 from textual.widgets import ProgressBar, RichLog, Sparkline, Static
 
+from uhd_cli.console import format_duration
 from uhd_cli.dashboard.sources import EventSource
 from uhd_cli.dashboard.state import DashboardState, log_line
 from uhd_cli.dashboard.system import GIB, SystemMonitor, SystemStats
@@ -23,14 +24,6 @@ from uhd_cli.dashboard.system import GIB, SystemMonitor, SystemStats
 #: Evaluations listed under validation; older ones scroll out (the best stays named above them).
 EVAL_ROWS = 8
 LOG_LINES = 2000
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def format_system(stats: SystemStats) -> str:
