@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -30,11 +32,28 @@ def stdout_is_interactive() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
 
-class PlainLinePrinter:
-    """One line per logged step/eval/checkpoint: readable in CI logs and pipes."""
+def format_duration(seconds: float | None) -> str:
+    """``H:MM:SS``; ``--:--`` while unknown."""
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
-    def __init__(self, stream=None) -> None:
+
+class PlainLinePrinter:
+    """One line per logged step/eval/checkpoint: readable in CI logs and pipes.
+
+    Step lines end with ``elapsed H:MM:SS ETA H:MM:SS``: the time since RunStarted and the time left
+    at the run's average pace so far (steps, evaluations and checkpoints together), so a piped run
+    says when it will be done as the terminal bar does.
+    """
+
+    def __init__(self, stream=None, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stdout
+        self.clock = clock
+        self._started: RunStarted | None = None
+        self._t0 = 0.0
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, DecodeProgressed):
@@ -43,9 +62,23 @@ class PlainLinePrinter:
             return
         if isinstance(event, RunFailed):
             return  # the CLI prints the one-line error (or traceback) itself
+        if isinstance(event, RunStarted):
+            self._started, self._t0 = event, self.clock()
         line = format_event_line(event)
+        if line is not None and isinstance(event, StepEnded):
+            line += self._timing(event)
         if line is not None:
             print(line, file=self.stream, flush=True)
+
+    def _timing(self, step: StepEnded) -> str:
+        run = self._started
+        if run is None:
+            return ""
+        elapsed = max(0.0, self.clock() - self._t0)
+        done = (step.epoch - run.start_epoch) * step.steps_per_epoch + step.step  # steps of this run so far
+        total = (run.epochs - run.start_epoch + 1) * step.steps_per_epoch
+        eta = elapsed / done * max(0, total - done) if done > 0 else None
+        return f" elapsed {format_duration(elapsed)} ETA {format_duration(eta)}"
 
 
 def weights_loaded_table(event: WeightsLoaded) -> Table:

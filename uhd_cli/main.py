@@ -16,6 +16,37 @@ from uhd_cli.commands.predict import predict
 from uhd_cli.commands.train import train
 from uhd_cli.errors import run_app, set_debug
 
+
+def _plain_help_columns() -> None:
+    """Help without placeholders typer adds: no ``<bool>`` type on flags, text defaults shown as written.
+
+    typer 0.29 (its vendored click) gives every option a type column, ``<bool>`` for flags too (even
+    ``--help``), though a flag takes no value; and, following click, it wraps a text ``show_default`` in
+    parentheses as if it were a description such as "(dynamic)", so `uhd train --help` read
+    ``[default: (default)]`` for ``--exp-name``. Fixed here, once, for every command: flags have no type,
+    and a text default (the generated train flags pass their default as text) is the value itself.
+    """
+    from typer.core import TyperArgument, TyperOption
+
+    display_type = TyperOption.display_type_rich
+
+    def flag_free_display_type(self, ctx):  # noqa: ANN001, ANN202 - typer's signature
+        return None if self.is_flag else display_type(self, ctx)
+
+    TyperOption.display_type_rich = flag_free_display_type
+    for cls in (TyperOption, TyperArgument):
+        default_string = cls._get_default_string
+
+        def text_as_written(self, *, ctx, show_default_is_str, default_value, _wrapped=default_string):  # noqa: ANN001, ANN202
+            if show_default_is_str:
+                return self.show_default
+            return _wrapped(self, ctx=ctx, show_default_is_str=False, default_value=default_value)
+
+        cls._get_default_string = text_as_written
+
+
+_plain_help_columns()
+
 app = typer.Typer(
     name="uhd",
     help="Train and deploy ultra-lightweight human detectors.",

@@ -7,7 +7,9 @@ break when the events change shape. Clock and machine stats are fixed, so snapsh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from uhd_core.engine.events import (
     RunFinished,
     RunStarted,
     StepEnded,
+    machine_facts,
 )
 
 SIZE = (120, 40)
@@ -41,6 +44,9 @@ HEAD_TERMS = {
 }
 STEPS = 10
 BATCH = 16
+#: RunStarted.machine of the synthetic runs: another host than the one running the tests.
+MACHINE = {"host": "trainbox", "cpu": "AMD EPYC 7B13", "cores": 8, "ram_bytes": 32 * 1024**3, "threads": 8,
+           "gpu": ""}
 
 
 def fixed_stats(device: str) -> SystemStats:
@@ -48,7 +54,7 @@ def fixed_stats(device: str) -> SystemStats:
 
 
 def run_events(head: str = "centernet", *, distill: bool = False, epochs_done: int = 2, epochs: int = 3,
-               end: str = "") -> list[Event]:
+               end: str = "", machine: dict[str, Any] | None = None) -> list[Event]:
     """A run of ``epochs`` epochs of STEPS steps, cut after ``epochs_done``; ``end``: "", "finished" or "failed"."""
     arch, terms = HEAD_TERMS[head]
     distill_terms = ["distill_kl", "distill_box_l1"] if distill else []
@@ -58,7 +64,8 @@ def run_events(head: str = "centernet", *, distill: bool = False, epochs_done: i
                      num_label_issues=0, num_decode_failures=0, from_cache=False),
         RunStarted(run_dir=run_dir, exp_name="demo", preset="quickstart", arch=arch, head=head, params=123_456,
                    img_size=[64, 64], device="cpu", num_train=540, num_val=60, epochs=epochs, start_epoch=1,
-                   steps_per_epoch=STEPS, batch_size=BATCH, loss_terms=["loss", *terms, *distill_terms]),
+                   steps_per_epoch=STEPS, batch_size=BATCH, loss_terms=["loss", *terms, *distill_terms],
+                   machine=MACHINE if machine is None else machine),
     ]
     maps = [0.21, 0.34, 0.29, 0.4]
     for epoch in range(1, epochs_done + 1):
@@ -248,7 +255,9 @@ def test_replay_shows_header_progress_evals_files_and_finished(tmp_path):
         assert [line for line in evals if line.endswith("best")] == ["epoch    2  0.34000  best"]
         files = text(app, "#files")
         assert "latest checkpoint  runs/demo/last_0002.pt" in files and "sample renders     runs/demo/0002" in files
-        assert text(app, "#system") == "CPU 37% · RAM 3.0/8.0 GiB\nCPU only"
+        # a replay shows the run's machine, not this one's load
+        assert text(app, "#system") == ("trainbox · 8 cores · 32.0 GiB RAM\nAMD EPYC 7B13\nCPU only\n"
+                                        "replay: no live load shown")
         assert text(app, "#status").startswith("finished after 0:00:27")  # RunFinished is 27 lines (s) after RunStarted
         assert "best mAP@0.5 0.34000" in text(app, "#status")
         await pilot.press("x")  # any key closes a finished run
@@ -391,3 +400,154 @@ def test_snapshot_finished_distilled_transformer_with_log(tmp_path, snap_compare
 def test_snapshot_failed_run(tmp_path, snap_compare):
     path = write_events(tmp_path / "events.jsonl", run_events("centernet", end="failed"))
     assert snap_compare(dashboard(EventsFileSource(path)), terminal_size=SIZE)
+
+
+# -- an 80x24 terminal (issue 16, finding 13) -------------------------------------------------------------
+
+SMALL = (80, 24)
+
+
+def screen_lines(app) -> list[str]:
+    """What the terminal shows, one string per row (Textual's compositor renders the visible screen)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+def assert_on_screen(app, widget) -> None:
+    """``widget`` is laid out inside the screen and not scrolled out of its container."""
+    screen, region = app.screen.region, widget.region
+    assert region.height > 0 and region.width > 0, f"{widget} has no visible area"
+    assert screen.contains_region(region), f"{widget} at {region} lies outside the screen {screen}"
+    assert widget.parent.region.contains_region(region), f"{widget} at {region} is scrolled out of its panel"
+
+
+def assert_every_loss_term_and_key_visible(app, terms: list[str], keys: list[str]) -> None:
+    lines = screen_lines(app)
+    assert list(app.loss_rows) == terms
+    for term in terms:
+        row = app.loss_rows[term]
+        assert_on_screen(app, row)
+        value = f"{app.state.losses[term]:.4f}"
+        # the row's screen lines carry its term and its latest value
+        shown = " ".join(lines[row.region.y:row.region.bottom])
+        assert term in shown and value in shown, (term, value, shown)
+    footer = app.query_one("#keys", Static)
+    assert_on_screen(app, footer)
+    for key in keys:
+        assert key in lines[footer.region.y], (key, lines[footer.region.y])
+
+
+HEADS = [("centernet", False), ("anchor", False), ("detr", False), ("detr", True)]
+
+
+@pytest.mark.parametrize("log_open", [False, True], ids=["", "log-open"])
+@pytest.mark.parametrize(("head", "distill"), HEADS)
+def test_every_loss_term_and_the_footer_keys_fit_80x24_live(head, distill, log_open):
+    app = dashboard(FakeLiveSource(run_events(head, distill=distill)))
+    terms = ["loss", *HEAD_TERMS[head][1], *(["distill_kl", "distill_box_l1"] if distill else [])]
+
+    async def main() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            if log_open:
+                await pilot.press("l")
+                await pilot.pause()
+                assert_on_screen(app, app.query_one("#log", RichLog))
+            assert_every_loss_term_and_key_visible(app, terms, ["q: stop", "s: save", "l: log", "ctrl+q: quit"])
+            assert_on_screen(app, app.query_one("#status", Static))
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("head", "distill"), HEADS)
+def test_every_loss_term_and_the_footer_keys_fit_80x24_replay(tmp_path, head, distill):
+    app = dashboard(EventsFileSource(write_events(tmp_path / "events.jsonl", run_events(head, distill=distill))))
+    terms = ["loss", *HEAD_TERMS[head][1], *(["distill_kl", "distill_box_l1"] if distill else [])]
+
+    async def main() -> None:
+        async with app.run_test(size=SMALL) as pilot:
+            await pilot.pause()
+            assert_every_loss_term_and_key_visible(app, terms, ["q: close", "l: log"])
+            assert any("epoch    2  0.34000  best" in line for line in screen_lines(app))  # the newest eval
+
+    asyncio.run(main())
+
+
+def test_a_resize_to_80x24_and_back_refits_the_rows():
+    app = dashboard(FakeLiveSource(run_events("detr", distill=True)))
+
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            assert {row.region.height for row in app.loss_rows.values()} == {3}  # 22 lines for 6 terms
+            await pilot.resize_terminal(*SMALL)
+            await pilot.pause()
+            assert_every_loss_term_and_key_visible(app, list(app.loss_rows), ["q: stop", "ctrl+q: quit"])
+            assert {row.region.height for row in app.loss_rows.values()} == {1}
+            await pilot.resize_terminal(*SIZE)
+            await pilot.pause()
+            assert {row.region.height for row in app.loss_rows.values()} == {3}
+
+    asyncio.run(main())
+
+
+# -- the run's machine in a replay (issue 16, finding 13) ----------------------------------------------------
+
+def test_a_replay_shows_the_runs_machine_and_never_samples_this_one(tmp_path):
+    sampled: list[str] = []
+    path = write_events(tmp_path / "events.jsonl", run_events("centernet", end="finished"))
+    app = make_dashboard(EventsFileSource(path), clock=lambda: NOW,
+                         system_stats=lambda device: sampled.append(device) or fixed_stats(device))
+
+    async def check(pilot) -> None:
+        assert app.query_one("#system").border_title == "run's machine"
+        panel = text(app, "#system")
+        assert panel.startswith("trainbox · 8 cores · 32.0 GiB RAM\nAMD EPYC 7B13") and "replay" in panel
+        assert "CPU 37%" not in panel and sampled == []
+
+    drive(app, check)
+
+
+def test_a_replay_of_a_run_on_a_gpu_names_it(tmp_path):
+    machine = {**MACHINE, "gpu": "NVIDIA H200"}
+    events = run_events(end="finished", machine=machine)
+    events[1] = dataclasses.replace(events[1], device="cuda:0")
+    app = dashboard(EventsFileSource(write_events(tmp_path / "events.jsonl", events)))
+
+    async def check(pilot) -> None:
+        assert "NVIDIA H200" in text(app, "#system")
+
+    drive(app, check)
+
+
+def test_a_replay_of_an_older_run_without_machine_facts_says_so(tmp_path):
+    lines = as_dicts(run_events(end="finished"))
+    del lines[1]["machine"]  # events.jsonl written before RunStarted carried the machine
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines), encoding="utf-8")
+    app = dashboard(EventsFileSource(path))
+
+    async def check(pilot) -> None:
+        assert text(app, "#system").startswith("not recorded") and "replay" in text(app, "#system")
+
+    drive(app, check)
+
+
+def test_following_a_run_that_trains_on_this_machine_shows_its_live_load(tmp_path):
+    here = {**MACHINE, "host": platform.node()}
+    app = dashboard(EventsFileSource(write_events(tmp_path / "events.jsonl", run_events(machine=here))))
+
+    async def check(pilot) -> None:
+        panel = text(app, "#system")
+        assert "now: CPU 37% · RAM 3.0/8.0 GiB" in panel and "replay" not in panel
+
+    drive(app, check)
+
+
+def test_run_started_records_the_machine_of_the_process_that_emits_it():
+    event = run_events(machine={})[1]
+    fresh = dataclasses.replace(event, machine=machine_facts())
+    facts = fresh.to_dict()["machine"]
+    assert facts["host"] == platform.node() and facts["cores"] >= 1 and facts["ram_bytes"] > 0
+    assert json.loads(json.dumps(facts)) == facts
+    default = RunStarted(**{f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "machine"})
+    assert default.machine["host"] == platform.node()  # filled in by default: the trainer need not pass it

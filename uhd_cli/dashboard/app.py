@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import platform
 import statistics
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -16,21 +18,20 @@ from textual.events import Key
 from textual.screen import ModalScreen
 from textual.widgets import ProgressBar, RichLog, Sparkline, Static
 
+from uhd_cli.console import format_duration
 from uhd_cli.dashboard.sources import EventSource
 from uhd_cli.dashboard.state import DashboardState, log_line
 from uhd_cli.dashboard.system import GIB, SystemMonitor, SystemStats
 
-#: Evaluations listed under validation; older ones scroll out (the best stays named above them).
+#: Evaluations listed under validation (fewer when the panel is short); older ones scroll out (the
+#: best stays named above them).
 EVAL_ROWS = 8
 LOG_LINES = 2000
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+#: Lines per loss row while the panel has room; rows shrink to one line ("term value  plot") so that
+#: every term of the head stays on screen in an 80x24 terminal.
+LOSS_ROW_MAX_LINES = 4
+#: Screens shorter than this get the compact layout (titled top borders only); 80x24 is the target.
+SHORT_SCREEN_ROWS = 32
 
 
 def format_system(stats: SystemStats) -> str:
@@ -38,6 +39,19 @@ def format_system(stats: SystemStats) -> str:
     if stats.gpu:
         lines.append(stats.gpu)
     return "\n".join(lines)
+
+
+def format_machine(machine: dict[str, Any], device: str) -> list[str]:
+    """The run's machine (RunStarted.machine, see uhd_core.engine.events.machine_facts) as panel lines."""
+    if not machine:
+        return ["not recorded (a run of an older uhd)"]
+    head = [str(machine.get("host") or "unknown host")]
+    if machine.get("cores"):
+        head.append(f"{machine['cores']} cores")
+    if machine.get("ram_bytes"):
+        head.append(f"{machine['ram_bytes'] / GIB:.1f} GiB RAM")
+    gpu = machine.get("gpu") or ("CPU only" if device in ("", "cpu") else device)
+    return [" · ".join(head), str(machine.get("cpu") or "unknown CPU"), str(gpu)]
 
 
 class ConfirmStop(ModalScreen[bool]):
@@ -57,11 +71,15 @@ class ConfirmStop(ModalScreen[bool]):
 
 
 class LossRow(Horizontal):
-    """One loss term: its latest value and its plot over the logged steps."""
+    """One loss term: its latest value and its plot over the logged steps.
+
+    Two lines or more: the term above its value; one line (a short panel): ``term value`` side by side.
+    """
 
     def __init__(self, term: str) -> None:
         super().__init__(classes="loss-row")
         self.term = term
+        self.latest: float | None = None
         self.value = Static(classes="loss-value")
         self.plot = Sparkline([], summary_function=statistics.fmean)
 
@@ -70,27 +88,58 @@ class LossRow(Horizontal):
         yield self.plot
 
     def show(self, value: float | None, history: list[float]) -> None:
-        self.value.update(Text.assemble((self.term, "bold"), "\n", "-" if value is None else f"{value:.4f}"))
+        self.latest = value
+        self._show_value()
         self.plot.data = history
+
+    def fit(self, lines: int) -> None:
+        """Make the row ``lines`` high (the loss panel shares its height among the rows)."""
+        self.styles.height = lines
+        self.set_class(lines < 2, "one-line")
+        self._show_value()
+
+    def _show_value(self) -> None:
+        value = "-" if self.latest is None else f"{self.latest:.4f}"
+        sep = " " if self.has_class("one-line") else "\n"
+        self.value.update(Text.assemble((self.term, "bold"), sep, value))
+
+
+class LossPanel(VerticalScroll):
+    """The loss rows; a new size (terminal resized, log pane toggled) re-fits their heights."""
+
+    def on_resize(self) -> None:
+        fit = getattr(self.app, "fit_loss_rows", None)
+        if fit is not None:
+            self.call_after_refresh(fit)
 
 
 class DashboardApp(App[None]):
     TITLE = "uhd dashboard"
+    # Screen.-short: under SHORT_SCREEN_ROWS rows (80x24) panels keep only their titled top border,
+    # and an open log pane takes the files panel's place (its lines name the checkpoints too).
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (SHORT_SCREEN_ROWS, "-tall")]
     CSS = """
     Screen { layout: vertical; }
     .panel { border: round $primary; height: auto; padding: 0 1; }
+    Screen.-short .panel { border: none; border-top: round $primary; }
     #progress-rows { height: auto; }
     #progress-rows Horizontal { height: 1; }
     .bar-label { width: 14; }
+    /* min-height: set from the number of loss terms (fit_loss_rows), so the log pane cannot squeeze them */
     #middle { height: 1fr; }
     #losses { width: 2fr; height: 100%; }
     #side { width: 1fr; height: 100%; }
     #side .panel { width: 100%; }
-    /* taller plots while the panel has room; two lines each when the log pane takes it */
-    .loss-row { height: 1fr; min-height: 2; max-height: 4; }
+    Screen.-short #evals { height: 1fr; }  /* as many evaluations as fit (_evals_text) */
+    #system { text-wrap: nowrap; text-overflow: ellipsis; }
+    /* row heights are set by fit_loss_rows: up to LOSS_ROW_MAX_LINES while the panel has room */
+    .loss-row { height: 2; }
     .loss-value { width: 16; }
+    .loss-row.one-line .loss-value { width: 24; }
     .loss-row Sparkline { width: 1fr; height: 100%; }
-    #log { height: 10; border: round $secondary; display: none; }
+    #log { height: 1fr; max-height: 10; min-height: 3; border: round $secondary; display: none; }
+    Screen.-short #log { border: none; border-top: round $secondary; }
+    Screen.-short.-log-open #files { display: none; }
     #status { height: 1; padding: 0 1; }
     #status.failed { background: $error; color: $text; }
     #status.finished { background: $success; color: $text; }
@@ -113,6 +162,7 @@ class DashboardApp(App[None]):
         self.poll_interval = poll_interval
         self.state = DashboardState()
         self.loss_rows: dict[str, LossRow] = {}
+        self.stats: SystemStats | None = None  # this machine's load, sampled only where it is the run's
         # Kept here while the log pane is hidden: a hidden RichLog would queue every line unbounded.
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
 
@@ -130,7 +180,7 @@ class DashboardApp(App[None]):
                     yield ProgressBar(total=1, id="step-bar", show_eta=False)
             yield Static(id="speed")
         with Horizontal(id="middle"):
-            yield VerticalScroll(id="losses", classes="panel")
+            yield LossPanel(id="losses", classes="panel")
             with Vertical(id="side"):
                 yield Static(id="evals", classes="panel")
                 yield Static(id="system", classes="panel")
@@ -140,8 +190,9 @@ class DashboardApp(App[None]):
         yield Static(id="keys")
 
     def on_mount(self) -> None:
+        machine = "machine" if self.source.controls_training else "run's machine"
         titles = {"#header": "run", "#progress": "progress", "#losses": "losses",
-                  "#evals": "validation mAP@0.5", "#system": "machine", "#files": "files", "#log": "log"}
+                  "#evals": "validation mAP@0.5", "#system": machine, "#files": "files", "#log": "log"}
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
         self.source.start()
@@ -171,8 +222,32 @@ class DashboardApp(App[None]):
         if log.display:
             log.write(line)
 
+    def live_load_is_the_runs(self) -> bool:
+        """Whether this machine's load is the run's: it trains in this process, or the followed
+        events.jsonl is still being written on this host. A replay shows the run's recorded machine."""
+        if self.source.controls_training:
+            return True
+        s = self.state
+        return s.started and not s.ended and s.machine.get("host") == platform.node()
+
     def sample_system(self) -> None:
-        self.query_one("#system", Static).update(format_system(self.system_stats(self.state.device)))
+        self.stats = self.system_stats(self.state.device) if self.live_load_is_the_runs() else None
+        self._show_machine()
+
+    def _show_machine(self) -> None:
+        panel = self.query_one("#system", Static)
+        if self.source.controls_training:
+            panel.update(format_system(self.stats) if self.stats else "")
+            return
+        s = self.state
+        lines = format_machine(s.machine, s.device) if s.started else ["waiting for the run to start"]
+        if self.stats is not None:  # following a run that trains on this machine now
+            lines.append("now: " + format_system(dataclasses.replace(self.stats, gpu="")))
+            if s.device.startswith("cuda") and self.stats.gpu:
+                lines.append("now: " + self.stats.gpu)
+        elif s.started:
+            lines.append("replay: no live load shown")
+        panel.update(Text("\n".join(lines)))  # Text: a host or CPU name may hold brackets
 
     # -- state out ----------------------------------------------------------------------------------
     def show_state(self) -> None:
@@ -180,12 +255,20 @@ class DashboardApp(App[None]):
         self.query_one("#header", Static).update(self._header_text())
         self.show_progress()
         losses = self.query_one("#losses", VerticalScroll)
+        mounted = False
         for term in state.loss_terms:
             if term not in self.loss_rows:
                 self.loss_rows[term] = LossRow(term)
                 losses.mount(self.loss_rows[term])
+                mounted = True
             self.loss_rows[term].show(state.losses.get(term), list(state.history.get(term, ())))
+        if mounted:
+            self.call_after_refresh(self.fit_loss_rows)  # once the new rows are laid out
         self.query_one("#evals", Static).update(self._evals_text())
+        if self.live_load_is_the_runs() != (self.stats is not None):
+            self.sample_system()  # the run started, ended, or turned out to be a replay
+        else:
+            self._show_machine()
         self.query_one("#files", Static).update(Text(
             f"latest checkpoint  {state.latest_checkpoint or '-'}\n"
             f"best checkpoint    {state.best_checkpoint or '-'}\n"
@@ -222,14 +305,31 @@ class DashboardApp(App[None]):
             f"data {s.num_train} train / {s.num_val} val images · batch {s.batch_size} · run dir {s.run_dir}"
             + (f"\nresumed from {s.resumed_from}" if s.resumed_from else ""))
 
+    # -- fitting the panels to the screen ------------------------------------------------------------
+    def fit_loss_rows(self) -> None:
+        """Share the loss panel's height among the rows (1..LOSS_ROW_MAX_LINES lines each) and keep
+        the panel at least one line per term, so neither a short screen nor the log pane hides a term."""
+        losses = self.query_one("#losses", VerticalScroll)
+        if self.loss_rows:
+            chrome = losses.outer_size.height - losses.scrollable_content_region.height  # borders, padding
+            self.query_one("#middle").styles.min_height = len(self.loss_rows) + max(0, chrome)
+            lines = losses.scrollable_content_region.height // len(self.loss_rows)
+            for row in self.loss_rows.values():
+                row.fit(max(1, min(LOSS_ROW_MAX_LINES, lines)))
+        self.query_one("#evals", Static).update(self._evals_text())
+
     def _evals_text(self) -> Text:
         s = self.state
         if not s.evals:
             return Text("no evaluation yet")
         text = Text(f"best {s.best_map50:.5f} (epoch {s.best_epoch})\n", style="bold")
-        if len(s.evals) > EVAL_ROWS:
-            text.append(f"... {len(s.evals) - EVAL_ROWS} earlier\n", style="dim")
-        for row in s.evals[-EVAL_ROWS:]:
+        evals, rows = self.query_one("#evals", Static), EVAL_ROWS
+        if evals.screen.has_class("-short") and evals.content_size.height:  # a fixed share of the side
+            rows = min(EVAL_ROWS, max(1, evals.content_size.height - 1))  # the best line takes one
+        if len(s.evals) > rows:
+            rows = max(1, rows - 1)  # and "... N earlier" another
+            text.append(f"... {len(s.evals) - rows} earlier\n", style="dim")
+        for row in s.evals[-rows:]:
             best = row.epoch == s.best_epoch
             text.append(f"epoch {row.epoch:>4}  {row.map50:.5f}" + ("  best" if best else "") + "\n",
                         style="bold green" if best else "")
@@ -258,10 +358,11 @@ class DashboardApp(App[None]):
     def _keys_text(self) -> str:
         if self.state.ended:
             return "any key: close · l: log"
+        # The keys first and under 78 characters: an 80-column terminal shows all of them.
         if not self.source.controls_training:
-            return (f"following {self.source.description}: q and s do not control that process · "
-                    "q: close this viewer · l: log")
-        return "q: stop training (asks first) · s: save a checkpoint now · l: log · ctrl+q: close (training stops)"
+            return (f"q: close this viewer · l: log · q and s do not control that process "
+                    f"(following {self.source.description})")
+        return "q: stop (asks) · s: save checkpoint · l: log · ctrl+q: quit (stops training)"
 
     # -- keys -----------------------------------------------------------------------------------------
     def on_key(self, event: Key) -> None:
@@ -293,6 +394,7 @@ class DashboardApp(App[None]):
     def action_toggle_log(self) -> None:
         log = self.query_one("#log", RichLog)
         log.display = not log.display
+        log.screen.set_class(log.display, "-log-open")
         if log.display:
             log.clear()
             for line in self.log_lines:

@@ -64,6 +64,7 @@ class DashboardState:
     batch_size: int = 0
     run_dir: str = ""
     resumed_from: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)  # RunStarted.machine: where the run trains
     # before the run starts
     decode_done: int = 0
     decode_total: int = 0
@@ -119,6 +120,7 @@ class DashboardState:
                      "batch_size", "run_dir", "resumed_from", "epochs", "steps_per_epoch"):
             setattr(self, name, e[name])
         self.img_size = tuple(e["img_size"])
+        self.machine = dict(e.get("machine") or {})  # absent in events.jsonl of older uhd versions
         self.epoch, self.step = e["start_epoch"], 0
         self.loss_terms = list(e["loss_terms"])
         for name in self.loss_terms:

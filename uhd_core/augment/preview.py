@@ -3,7 +3,7 @@
 The grid has one row per source image: the original first, then ``variants`` augmented versions
 (or, with ``per_op``, one column per active op with only that op applied). Every tile is upscaled
 with nearest-neighbour by ``scale`` (64x64 samples are too small to judge), boxes are drawn in
-green, and a caption under each tile names the ops that fired on it. Partner samples for Mosaic,
+green, and a caption under each tile names the ops that changed it (see ``caption``). Partner samples for Mosaic,
 MixUp and CopyPaste come from the same preview images. The pipeline object is the one training uses.
 """
 
@@ -26,6 +26,9 @@ CAPTION_LINES = 3
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _FONT_SCALE = 0.32
 _BOX_COLOUR = (0, 220, 0)  # BGR
+#: Ops that only drop boxes and never touch the image: they fire on every sample, so a caption names
+#: them only when they dropped a box (else every tile read "..., RemoveOutliers").
+BOX_FILTER_OPS = frozenset({"RemoveOutliers"})
 
 
 @dataclass
@@ -66,6 +69,18 @@ def _wrap(text: str, width_px: int) -> list[str]:
     if len(lines) > CAPTION_LINES:
         lines = lines[: CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1] + " ..."]
     return lines
+
+
+def caption(trace: Sequence[OpTrace]) -> str:
+    """The ops that changed a tile, in order: box filters only with the boxes they dropped."""
+    names = []
+    for t in trace:
+        dropped = t.boxes_in - t.boxes_out
+        if t.name not in BOX_FILTER_OPS:
+            names.append(t.name)
+        elif dropped > 0:
+            names.append(f"{t.name} -{dropped} box{'es' if dropped > 1 else ''}")
+    return ", ".join(names) or "(no op fired)"
 
 
 def render_tile(image: np.ndarray, boxes: np.ndarray, caption: str, scale: int) -> np.ndarray:
@@ -112,8 +127,7 @@ def make_preview(pipeline: AugmentPipeline, samples: Sequence[Sample], *, varian
                 s.applied += 1
                 s.seconds += t.seconds
                 s.boxes_dropped += max(0, t.boxes_in - t.boxes_out)
-            caption = ", ".join(t.name for t in trace) or "(no op fired)"
-            tiles.append(render_tile(out, out_boxes, caption, scale))
+            tiles.append(render_tile(out, out_boxes, caption(trace), scale))
         rows.append(np.concatenate(tiles, axis=1))
     return Preview(np.concatenate(rows, axis=0), list(stats.values()), rows=len(rows), cols=1 + len(columns))
 

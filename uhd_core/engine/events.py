@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +45,44 @@ class DecodeProgressed(Event):
     total: int
 
 
+def machine_facts() -> dict[str, Any]:
+    """The machine this process runs on, for RunStarted (a replay shows the run's machine, not today's).
+
+    ``{"host": str, "cpu": str (model name), "cores": int (usable by this process), "ram_bytes": int,
+    "threads": int (torch intra-op threads; 0 before torch is imported), "gpu": str (the current CUDA
+    device's name once torch has initialised CUDA, else "")}``. Every lookup is best-effort.
+    """
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))  # a container or taskset may allow fewer than cpu_count
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 0
+    try:
+        import psutil
+
+        ram = int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - a fact for display only
+        ram = 0
+    torch = sys.modules.get("torch")  # never imported here: the trainer has, when it emits RunStarted
+    threads, gpu = 0, ""
+    if torch is not None:
+        try:
+            threads = torch.get_num_threads()
+            if torch.cuda.is_initialized():
+                gpu = torch.cuda.get_device_name(torch.cuda.current_device())
+        except Exception:  # noqa: BLE001 - a fact for display only
+            pass
+    return {"host": platform.node(), "cpu": cpu or "unknown", "cores": cores, "ram_bytes": ram,
+            "threads": threads, "gpu": gpu}
+
+
 @dataclass(frozen=True)
 class RunStarted(Event):
     run_dir: str
@@ -61,6 +102,8 @@ class RunStarted(Event):
     loss_terms: list[str]
     resumed_from: str = ""
     world_size: int = 1  # processes training together (DDP); batch_size is per process
+    # machine_facts() of the process that builds the event, i.e. the training process (rank 0)
+    machine: dict[str, Any] = field(default_factory=machine_facts)
 
 
 @dataclass(frozen=True)
