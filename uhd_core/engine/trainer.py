@@ -203,8 +203,15 @@ def require_writable_dir(run_dir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise RunDirError(f"run dir {bounded(run_dir)} is not writable: {exc.strerror or first_line(exc)} "
-                          "(choose another --runs-dir)") from None
+        raise not_writable(run_dir, exc) from None
+
+
+def not_writable(run_dir: Path, exc: OSError) -> RunDirError:
+    """'run dir X is not writable: <what happened and what to do>' (a full disk says so, not just errno)."""
+    line = describe_os_error(exc, run_dir)
+    prefix = f"cannot write {bounded(run_dir)}: "
+    advice = line[len(prefix):] if line.startswith(prefix) else line
+    return RunDirError(f"run dir {bounded(run_dir)} is not writable: {advice} (or choose another --runs-dir)")
 
 
 def missing_dirs(path: Path) -> list[Path]:
@@ -279,14 +286,15 @@ def initial_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 class FiniteWatch:
-    """Every floating-point tensor a training step changes in place (parameters, BatchNorm buffers, the
-    EMA copy, a distiller's trainable parts), checked for NaN/inf with one fused reduction.
+    """Every floating-point tensor a training step changes in place (parameters, BatchNorm buffers, a
+    distiller's trainable parts), checked for NaN/inf with one fused reduction.
 
     A step whose loss is finite can still write inf/NaN into the weights (an update that overflows at a
     huge --lr, fp16 overflow); the loss check alone let such weights train on and be saved. The check is
     ``torch._foreach_norm(tensors, inf)`` (max |x| per tensor: NaN and inf propagate, a large finite
-    weight cannot overflow as a 2-norm would) and one host sync; on the tiny models this is a small
-    fraction of a step (docs/measurements.md).
+    weight cannot overflow as a 2-norm would) and one host sync. Measured on 1 CPU thread: 130 us per
+    check on the quickstart model (38 tensors) against a 13.5 ms step, 44 us against 3.6 ms for a width-8
+    CNN: about 1% of a step.
     """
 
     def __init__(self, named: list[tuple[str, torch.Tensor]]) -> None:
@@ -450,8 +458,7 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             remove_empty_dirs(created)
-            raise RunDirError(f"run dir {bounded(run_dir)} is not writable: {exc.strerror or first_line(exc)} "
-                              "(choose another --runs-dir)") from None
+            raise not_writable(run_dir, exc) from None
         try:
             # First the lock: a run still training there (or a resume of it) is refused before anything,
             # even the checks below, touches its files.
@@ -706,9 +713,10 @@ class Trainer:
             resumed_from=str(self.resume_path or ""), world_size=self.dist.world_size,
         ))
 
+        # Not the EMA copy: it averages weights this check saw finite, and copies their buffers, so it is
+        # finite too (and _save checks it); leaving it out halves the cost (~1% of a step, not ~2%).
         watch = FiniteWatch([
             *model.named_parameters(), *model.named_buffers(),
-            *((f"ema.{n}", t) for n, t in (ema.module.state_dict().items() if ema is not None else ())),
             *((f"distiller.{i}", t) for i, t in enumerate(distiller.trainable_parameters() if distiller else ())),
         ])
         if (self.resume_path or cfg.ckpt) and not watch.all_finite():
