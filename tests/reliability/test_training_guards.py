@@ -356,17 +356,17 @@ def _disk_full_on(monkeypatch, target: str) -> None:
             real(path, text)
 
         monkeypatch.setattr(trainer_module, "atomic_write_text", atomic_write_text)
-    else:  # events.jsonl fills the disk once training runs (its RunFailed line cannot be written either)
+    else:  # a real ENOSPC on every write of events.jsonl: its flushes and its final close fail too
         from uhd_core.engine import events
 
-        real_call = events.JsonlEventWriter.__call__
+        real_init = events.JsonlEventWriter.__init__
 
-        def call(self, event):
-            if isinstance(event, (StepEnded, events.RunFailed)):
-                raise OSError(errno.ENOSPC, "No space left on device")
-            real_call(self, event)
+        def init(self, path, *args, **kwargs):
+            real_init(self, path, *args, **kwargs)
+            self._fh.close()
+            self._fh = open("/dev/full", "a", encoding="utf-8")  # writes fail with ENOSPC, as on a full disk
 
-        monkeypatch.setattr(events.JsonlEventWriter, "__call__", call)
+        monkeypatch.setattr(events.JsonlEventWriter, "__init__", init)
 
 
 @pytest.mark.parametrize("target", ["split.json", "events.jsonl"])

@@ -175,7 +175,16 @@ class JsonlEventWriter:
         self._fh.flush()
 
     def close(self) -> None:
-        self._fh.close()
+        close_quietly(self._fh)
+
+
+def close_quietly(fh: Any) -> None:
+    """Close a log file whose last flush may fail (a full disk): the write that failed first already
+    raised and was reported; failing again here would replace that one-line error with this one."""
+    try:
+        fh.close()
+    except OSError:
+        pass  # CPython closes the descriptor even when the final flush fails
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -256,7 +265,7 @@ class LogFileWriter:
         self._fh.flush()
 
     def close(self) -> None:
-        self._fh.close()
+        close_quietly(self._fh)
 
 
 class TensorBoardWriter:
