@@ -185,6 +185,19 @@ def test_only_rank_0_of_a_ddp_job_locks_the_run_dir(tiny_yolo_dir, tmp_path):
             trainer_module.Trainer(cfg, dist=DistContext(rank=0, world_size=2))
 
 
+def test_devices_n_is_refused_by_its_launcher_on_a_held_run_dir(tiny_yolo_dir, tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "guard"
+    holder = _hold_lock(run_dir)
+    try:
+        code, _out, err = run_uhd([*_args(_flags(tiny_yolo_dir, tmp_path / "runs")), "--devices", "2"], monkeypatch)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert code == 2  # before any training process started
+    assert f"process {holder.pid}" in assert_one_error_line(err, str(run_dir))
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]
+
+
 def test_the_lock_is_released_when_the_run_ends_and_a_refused_setup_releases_it(tiny_yolo_dir, tmp_path):
     flags = _flags(tiny_yolo_dir, tmp_path / "runs")
     trainer, writers = create_trainer(None, flags, tensorboard=False)
