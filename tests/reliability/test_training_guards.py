@@ -315,6 +315,11 @@ def test_a_checkpoint_with_nan_weights_is_not_resumed(tiny_yolo_dir, tmp_path, m
     code, _out, err = run_uhd(["train", "--no-tui", "--resume", str(bad), "--epochs", "2"], monkeypatch)
     assert code == 2
     assert_one_error_line(err, "NaN/inf weights")
+    assert not list(tmp_path.glob("*.yaml")) and not (tmp_path / "events.jsonl").exists()  # refused before writing
+    code, _out, err = run_uhd([*_args(_flags(tiny_yolo_dir, tmp_path / "runs2")), "--ckpt", str(bad)], monkeypatch)
+    assert code == 2
+    assert_one_error_line(err, "NaN/inf weights")
+    assert not (tmp_path / "runs2").exists()
 
 
 def test_the_weight_check_is_a_small_part_of_a_step(tiny_yolo_dir, tmp_path):
@@ -426,8 +431,8 @@ def test_resume_takes_a_run_dir_that_holds_only_a_best_checkpoint(tiny_yolo_dir,
 
 
 def test_resume_picks_the_newest_checkpoint_of_any_kind(tmp_path):
-    for name in ("last_0003.pt", "best_cnn_0004_map_0.10000.pt", "manual_0005_step_00002.pt", "best_cnn_0003_map_0.2.pt",
-                 "notes.pt"):
+    for name in ("last_0003.pt", "best_cnn_0004_map_0.10000.pt", "manual_0005_step_00002.pt",
+                 "best_cnn_0003_map_0.2.pt", "notes.pt"):
         (tmp_path / name).write_bytes(b"")
     # by the last finished epoch (manual_0005 was saved during epoch 5: epoch 4 finished), then last > best > manual
     assert [p.name for p in trainer_module.resumable_checkpoints(tmp_path)] == [

@@ -392,6 +392,14 @@ class Trainer:
         # --ckpt's weights, read once here (unsafe or unknown-format files are refused now) and copied
         # into the model by run(); the --teacher-ckpt is read by build_distiller below.
         self._initial_state = initial_weights(load_checkpoint(cfg.ckpt)) if cfg.ckpt else None
+        # What an earlier UHD could save after a diverged step: refuse it rather than train on NaN.
+        for path, weights in ((resume_path, resume_checkpoint and {"model": resume_checkpoint.get("model"),
+                                                                    "ema": resume_checkpoint.get("ema")}),
+                              (cfg.ckpt, self._initial_state)):
+            bad = nonfinite_entries(weights) if weights else []
+            if bad:
+                raise CheckpointError(f"{bounded(path)} holds NaN/inf weights ({name_list(bad)}); start from an "
+                                      "earlier checkpoint")
         if self._initial_state is not None and not cfg.ckpt_non_strict:
             # Anchors fitted later (--auto-anchors) only set values; stand-ins give the same shapes.
             shaped = cfg if cfg.anchors or not cfg.use_anchor else cfg.model_copy(
@@ -612,7 +620,8 @@ class Trainer:
                 raise
             # A full disk (or a run dir that became read-only) while writing logs, events, split.json or
             # renders: one line naming the run dir and what to do, not an "unexpected OSError".
-            error = TrainingError(f"{describe_os_error(exc, exc.filename or self.run_dir)} (run dir {bounded(self.run_dir)}); "
+            where = exc.filename or self.run_dir
+            error = TrainingError(f"{describe_os_error(exc, where)} (run dir {bounded(self.run_dir)}); "
                                   f"{self._how_to_go_on()}")
             self._emit_failure(RunFailed(str(error)))
             raise error from None
@@ -719,10 +728,6 @@ class Trainer:
             *model.named_parameters(), *model.named_buffers(),
             *((f"distiller.{i}", t) for i, t in enumerate(distiller.trainable_parameters() if distiller else ())),
         ])
-        if (self.resume_path or cfg.ckpt) and not watch.all_finite():
-            # What an earlier UHD could save after a diverged step: refuse it rather than train on NaN.
-            raise CheckpointError(f"{self.resume_path or cfg.ckpt} holds NaN/inf weights ({name_list(watch.bad_names())}); "
-                                  "start from an earlier checkpoint")
         t_run = time.perf_counter()
         last_path: Path | None = None
         consecutive_nonfinite = 0
