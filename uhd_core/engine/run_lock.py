@@ -57,8 +57,7 @@ class RunDirLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise RunDirError(describe_os_error(exc, self.run_dir, "cannot use run dir")
-                                  + " (choose another --runs-dir)") from None
+                raise RunDirError(describe_os_error(exc, self.run_dir, "cannot lock run dir")) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -85,8 +84,7 @@ class RunDirLock:
             except OSError as exc:
                 self._fd = fd
                 self.release()
-                raise RunDirError(describe_os_error(exc, self.run_dir, "cannot write in run dir")
-                                  + " (free some space or choose another --runs-dir)") from None
+                raise RunDirError(describe_os_error(exc, self.run_dir, "cannot write in run dir")) from None
             self._fd = fd
             return self
 
