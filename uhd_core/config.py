@@ -25,6 +25,8 @@ from uhd_core.yaml_io import YamlRefused, load_yaml
 
 #: The original tool's default augmentation path; accepted as the name of the built-in config.
 ORIGINAL_DEFAULT_AUG_CONFIG = "uhd/aug.yaml"
+#: Longest --exp-name (one file name: NAME_MAX of common file systems).
+MAX_EXP_NAME_BYTES = 255
 
 
 def _flag(help_text: str, *, group: str, cli: bool = True, **extra: Any) -> dict[str, Any]:
@@ -34,7 +36,10 @@ def _flag(help_text: str, *, group: str, cli: bool = True, **extra: Any) -> dict
 class RunConfig(BaseModel):
     """Every setting of a training run (frozen; unknown keys are an error)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # allow_inf_nan=False: every float field (learning rate, weight decay, clip norm, loss weights, EMA
+    # decay, splits, anchors, ...) must be finite. `--lr inf` used to be accepted and wrote NaN into the
+    # weights on the first step; one model-wide rule also covers fields added later.
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     # --- model family --------------------------------------------------------------------------
     arch: Literal["cnn", "transformer"] = Field("cnn", **_flag("Model family.", group="model"))
@@ -188,6 +193,25 @@ class RunConfig(BaseModel):
     )
     # --- provenance (not a flag) ---------------------------------------------------------------
     preset: str = Field("", **_flag("Preset this config was built from (informational).", group="run", cli=False))
+
+    # ---- the run dir --------------------------------------------------------------------------
+    @field_validator("exp_name")
+    @classmethod
+    def _check_exp_name(cls, value: str) -> str:
+        # The run dir is <runs-dir>/<exp-name>: a name with a separator, '..', or an absolute path would
+        # put it elsewhere (`--exp-name ..` made the current folder the run dir and overwrote its
+        # config.yaml). Checked here so presets and resumed configs obey it as well as the flag.
+        if value in ("", ".", ".."):
+            raise ValueError(f"{value!r} is not a folder name; give one name such as 'person_cnn' "
+                             "(the run dir is <runs-dir>/<exp-name>)")
+        bad = next((c for c in ("/", "\\", "\0") if c in value), None)
+        if bad is not None:
+            raise ValueError(f"{bounded(repr(value))} must be one folder name, without {bad!r}; use --runs-dir "
+                             "to choose the parent folder (the run dir is <runs-dir>/<exp-name>)")
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_EXP_NAME_BYTES:
+            raise ValueError(f"{bounded(repr(value))} is longer than {MAX_EXP_NAME_BYTES} bytes, "
+                             "the longest file name most file systems allow")
+        return value
 
     # ---- parsing of the original tool's string forms -------------------------------------------
     @field_validator("img_size", "teacher_img_size", mode="before")
@@ -431,9 +455,12 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
 def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        where = flag_name(loc) if loc else "config"
+        loc = [str(x) for x in err["loc"]]
+        # An item of a tuple field (an anchor side) is named by the flag and its position in it.
+        where = (flag_name(loc[0]) + "".join(f"[{i}]" for i in loc[1:])) if loc else "config"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "finite_number":
+            msg = f"{msg}, got {bounded(err.get('input'), 40)}"
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 

@@ -32,7 +32,10 @@ def test_two_processes_train_and_the_checkpoint_loads_and_exports(tiny_yolo_dir,
         capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("best mAP@0.5:") == 1  # rank 0 alone reports
+    assert proc.stdout.count("next: uhd export") == 1
     run_dir = tmp_path / "ddp"
+    # the launcher's check let go of the run dir's lock for rank 0, which released it at the end
+    assert not (run_dir / ".lock").exists()
     events = read_events(run_dir / "events.jsonl")
     (started,) = [e for e in events if e["event"] == "RunStarted"]
     assert started["world_size"] == 2

@@ -12,6 +12,7 @@ import signal
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
@@ -88,9 +89,38 @@ def train(preset: Optional[str] = None, tui: Optional[bool] = None, **flags: Any
 
         renderer = RichProgressRenderer() if stdout_is_interactive() else PlainLinePrinter()
         result = run_training(preset, typed, [renderer])
-    typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
-    typer.echo(f"run dir: {result.run_dir}")
+    print_run_summary(result)
     exit_if_stopped_by_signal(result)
+
+
+#: A run that ends at mAP 0 after fewer than this fraction of its preset's epochs gets the "--epochs" hint.
+SHORT_RUN_FRACTION = 0.5
+
+
+def print_run_summary(result: RunResult) -> None:
+    """The result lines, then what to do next: a hint after a run that learned nothing, the export and
+    eval commands after one that finished."""
+    if result.evaluated:
+        typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
+    else:
+        typer.echo("best mAP@0.5: no evaluation ran yet")
+    typer.echo(f"run dir: {result.run_dir}")
+    if result.stopped_early:
+        return  # exit_if_stopped_by_signal says how to resume
+    if result.evaluated and result.best_map50 <= 0.0:
+        wanted = result.preset_epochs
+        if wanted and result.epochs_done < SHORT_RUN_FRACTION * wanted:
+            recipe = f"preset {result.preset}" if result.preset else "default config"
+            typer.echo(f"hint: mAP 0 after {result.epochs_done} epochs: the {recipe} usually needs ~{wanted} epochs; "
+                       f"try --epochs {wanted} (continue this run with: uhd train --resume {result.run_dir} "
+                       f"--epochs {wanted})")
+        else:
+            typer.echo(f"hint: mAP 0 after {result.epochs_done} epochs: check the labels with uhd dataset-check "
+                       f"--image-dir {result.image_dir or 'DIR'}, or try another --lr")
+    model = result.best_checkpoint or result.last_checkpoint
+    if model is not None:
+        onnx = Path(model).with_suffix(".onnx")
+        typer.echo(f"next: uhd export {model}  (writes {onnx.name}), then uhd eval {onnx} --image-dir TEST_DIR")
 
 
 def exit_if_stopped_by_signal(result: RunResult) -> None:
@@ -116,8 +146,7 @@ def _exit_as_training_process(preset: Optional[str], typed: dict[str, Any]) -> N
     except UhdError as exc:
         fail(str(exc) if rank == 0 else f"[rank {rank}] {exc}", exc.exit_code)
     if rank == 0:
-        typer.echo(f"best mAP@0.5: {result.best_map50:.5f}")
-        typer.echo(f"run dir: {result.run_dir}")
+        print_run_summary(result)
         exit_if_stopped_by_signal(result)
     raise typer.Exit(128 + result.stop_signal if result.stop_signal else 0)
 

@@ -11,6 +11,8 @@ from uhd_core.engine.distributed import DistContext, close_process_group, init_p
 from uhd_core.engine.events import EventBus, JsonlEventWriter, LogFileWriter, Subscriber, TensorBoardWriter
 from uhd_core.engine.signals import stop_on_signals
 from uhd_core.engine.trainer import RunResult, Trainer, make_run_config
+from uhd_core.errors import RunDirError
+from uhd_core.outputs import describe_os_error
 
 
 def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
@@ -27,9 +29,16 @@ def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: l
     if not dist.is_main:
         return trainer, []
     run_dir: Path = trainer.run_dir
-    writers: list[Any] = [JsonlEventWriter(run_dir / "events.jsonl"), LogFileWriter(run_dir / "train.log")]
-    if tensorboard:
-        writers.append(TensorBoardWriter(run_dir / "tensorboard"))
+    writers: list[Any] = []
+    try:
+        writers += [JsonlEventWriter(run_dir / "events.jsonl"), LogFileWriter(run_dir / "train.log")]
+        if tensorboard:
+            writers.append(TensorBoardWriter(run_dir / "tensorboard"))
+    except OSError as exc:
+        for writer in writers:
+            writer.close()
+        trainer.close()
+        raise RunDirError(f"{describe_os_error(exc, exc.filename or run_dir)} (run dir {run_dir})") from None
     for writer in writers:
         bus.subscribe(writer)
     return trainer, writers
@@ -74,5 +83,7 @@ def launch_local_training(preset: str | None, overrides: dict[str, Any], process
     then start N processes, each calling ``process_entrypoint(preset, overrides)`` (which should call
     run_training_process). Returns rank 0's RunResult; a failed process raises ChildFailedError."""
     cfg, ckpt, ckpt_path = make_run_config(preset, overrides)
-    Trainer(cfg, resume_checkpoint=ckpt, resume_path=ckpt_path, dist=DistContext(world_size=cfg.devices))
+    # The check takes the run dir's lock (a run still training there is refused now); rank 0 of the job
+    # takes it again, so this process lets go before starting them.
+    Trainer(cfg, resume_checkpoint=ckpt, resume_path=ckpt_path, dist=DistContext(world_size=cfg.devices)).close()
     return launch_local_processes(cfg.devices, process_entrypoint, preset, overrides)[0]

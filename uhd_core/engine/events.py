@@ -144,6 +144,12 @@ class EpochEnded(Event):
     seconds: float
     imgs_per_s: float
     skipped_steps: int = 0  # steps whose loss was NaN/inf (no update was made)
+    steps_done: int = 0  # steps this epoch ran; fewer than steps_per_epoch: interrupted (resume redoes it)
+    steps_per_epoch: int = 0  # 0 in events.jsonl of older runs: read as a finished epoch
+
+    @property
+    def interrupted(self) -> bool:
+        return 0 < self.steps_per_epoch and self.steps_done < self.steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,7 @@ class RunFinished(Event):
     epochs_done: int
     seconds: float
     stopped_early: bool = False
+    evaluated: bool = True  # False: no evaluation ran (best_map50 is then no measurement)
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,16 @@ class JsonlEventWriter:
         self._fh.flush()
 
     def close(self) -> None:
-        self._fh.close()
+        close_quietly(self._fh)
+
+
+def close_quietly(fh: Any) -> None:
+    """Close a log file whose last flush may fail (a full disk): the write that failed first already
+    raised and was reported; failing again here would replace that one-line error with this one."""
+    try:
+        fh.close()
+    except OSError:
+        pass  # CPython closes the descriptor even when the final flush fails
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -257,15 +273,18 @@ def format_event_line(event: Event) -> str | None:
     if isinstance(event, EpochEnded):
         terms = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
         skipped = f" ({event.skipped_steps} steps skipped: non-finite loss)" if event.skipped_steps else ""
-        return f"epoch {event.epoch} done in {event.seconds:.1f}s ({event.imgs_per_s:.0f} img/s) {terms}{skipped}"
+        status = (f"interrupted at step {event.steps_done}/{event.steps_per_epoch} (not finished: resume redoes it) "
+                  f"after" if event.interrupted else "done in")
+        return f"epoch {event.epoch} {status} {event.seconds:.1f}s ({event.imgs_per_s:.0f} img/s) {terms}{skipped}"
     if isinstance(event, EvalFinished):
         return (f"eval epoch {event.epoch}: mAP@0.5 {event.map50:.5f} (best {event.best_map50:.5f})"
                 + (" new best" if event.is_best else ""))
     if isinstance(event, CheckpointSaved):
         return f"saved {event.kind} checkpoint {event.path}"
     if isinstance(event, RunFinished):
-        return (f"finished {event.epochs_done} epochs in {event.seconds:.1f}s: best mAP@0.5 {event.best_map50:.5f} "
-                f"({event.best_checkpoint or 'no best checkpoint'}); run dir {event.run_dir}")
+        best = (f"best mAP@0.5 {event.best_map50:.5f} ({event.best_checkpoint or 'no best checkpoint'})"
+                if event.evaluated else "no evaluation ran yet")
+        return f"finished {event.epochs_done} epochs in {event.seconds:.1f}s: {best}; run dir {event.run_dir}"
     if isinstance(event, RunFailed):
         return f"failed: {event.error}"
     return None
@@ -289,7 +308,7 @@ class LogFileWriter:
         self._fh.flush()
 
     def close(self) -> None:
-        self._fh.close()
+        close_quietly(self._fh)
 
 
 class TensorBoardWriter:
