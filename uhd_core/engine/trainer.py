@@ -354,7 +354,7 @@ class Trainer:
                                                      indent=0))
         examples = failures + [str(issue) for issue in index.issues]
         self.bus.emit(DataPrepared(
-            image_dir=str(index.root), num_images=len(index), num_train=len(train_files), num_val=len(val_files),
+            image_dir=shown(index.root), num_images=len(index), num_train=len(train_files), num_val=len(val_files),
             num_without_targets=index.num_without_targets, num_label_issues=len(index.issues),
             num_decode_failures=len(failures), from_cache=decoded.from_cache,
             examples=examples[:MAX_REPORTED_ISSUES],
