@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from uhd_core.data.files import DEFAULT_MAX_IMAGE_PIXELS
 from uhd_core.data.labels import MAX_CLASS_ID
 from uhd_core.errors import ConfigError, bounded
 from uhd_core.yaml_io import YamlRefused, load_yaml
@@ -66,6 +67,15 @@ class RunConfig(BaseModel):
     )
     cache_dir: str = Field(
         "", **_flag("Where decoded, resized images are cached ('' = $UHD_CACHE_DIR or ~/.cache/uhd).", group="data")
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, ge=1,
+        **_flag("Images whose header declares more pixels are skipped (and named) without being decoded: a "
+                "decompression bomb cannot exhaust memory.", group="data"),
+    )
+    follow_symlinks: bool = Field(
+        False, **_flag("Also read images and labels that are symlinks to files outside --image-dir (otherwise "
+                       "skipped and named).", group="data"),
     )
     # --- run -----------------------------------------------------------------------------------
     exp_name: str = Field("default", **_flag("Run name: outputs go to <runs-dir>/<exp-name>/.", group="run"))

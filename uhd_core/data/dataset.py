@@ -6,6 +6,7 @@ first never touch a JPEG. Box format throughout: cxcywh normalized to 0..1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,9 +20,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from uhd_core.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, resize_image
+from uhd_core.data.files import shown
+from uhd_core.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_SUFFIXES,
+    ImageDecodeError,
+    decode_image,
+    resize_image,
+)
 from uhd_core.data.labels import LabelIssue, read_label_file, select_classes
 from uhd_core.errors import DataError, first_line
+from uhd_core.outputs import describe_os_error
 
 CACHE_FORMAT = 1
 ProgressFn = Callable[[int, int], None]
@@ -47,26 +56,33 @@ class YoloIndex:
 
 
 def list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Every entry named like an image that is not a folder, sorted. FIFOs, devices and broken or
+    outward symlinks are listed too, so that decoding refuses and *names* them (never opens them)."""
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
 
 
 def require_image_dir(root: str | Path) -> Path:
     """The --image-dir as a Path, or DataError naming it and suggesting the synthetic demo set."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"--image-dir {root} does not exist or is not a folder (try `uhd dataset synth {root}`)")
+        raise DataError(f"--image-dir {shown(root)} does not exist or is not a folder "
+                        f"(try `uhd dataset synth {shown(root)}`)")
     return root
 
 
-def scan_yolo_folder(root: Path, classes: tuple[int, ...]) -> YoloIndex:
-    """Parse every label file; keep images with at least one target box (as the original does)."""
+def scan_yolo_folder(root: Path, classes: tuple[int, ...], follow_symlinks: bool = False) -> YoloIndex:
+    """Parse every label file; keep images with at least one target box (as the original does).
+
+    Label files that are not regular files, or (without ``follow_symlinks``) lead outside ``root``,
+    are not read: reported in ``issues``, their image counts as one without targets.
+    """
     root = require_image_dir(root)
     images = list_images(root)
     if not images:
-        raise DataError(f"--image-dir {root} has no .jpg/.jpeg/.png/.bmp images (try `uhd dataset synth DIR`)")
+        raise DataError(f"--image-dir {shown(root)} has no .jpg/.jpeg/.png/.bmp images (try `uhd dataset synth DIR`)")
     index = YoloIndex(root=root, files=[], boxes=[], labels=[], num_scanned=len(images))
     for path in images:
-        parsed = read_label_file(path.with_suffix(".txt"))
+        parsed = read_label_file(path.with_suffix(".txt"), root=root, follow_symlinks=follow_symlinks)
         index.issues.extend(parsed.issues)
         boxes, labels = select_classes(parsed, classes)
         if len(boxes) == 0:
@@ -85,62 +101,95 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("UHD_CACHE_DIR") or Path.home() / ".cache" / "uhd")
 
 
-def cache_key(root: Path, files: Sequence[str], size_hw: tuple[int, int], interpolation: str) -> str:
-    """Changes whenever a file is added, removed, touched or resized, or the resize changes."""
+def cache_key(root: Path, files: Sequence[str], size_hw: tuple[int, int], interpolation: str,
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, follow_symlinks: bool = False) -> str:
+    """Changes whenever a file is added, removed, touched or resized, or the resize or the read rules
+    (which images are refused) change. Names are hashed as the bytes the file system holds
+    (``os.fsencode``): a Shift-JIS name is no UTF-8 ``str``."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([CACHE_FORMAT, str(root.resolve()), list(size_hw), interpolation]).encode())
+    digest.update(json.dumps([CACHE_FORMAT, os.fsencode(root.resolve()).hex(), list(size_hw), interpolation,
+                              int(max_pixels), bool(follow_symlinks)]).encode())
     for name in files:
-        st = (root / name).stat()
-        digest.update(f"{name}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+        try:
+            st = os.stat(root / name)
+            stamp = f"{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}"
+        except OSError:  # a broken symlink: decoding names it; its key part is that it is missing
+            stamp = "missing"
+        digest.update(os.fsencode(name) + f"\0{stamp}\n".encode())
     return digest.hexdigest()[:32]
+
+
+#: Memory the decode threads may hold at once: each holds up to one image at the pixel budget
+#: (decoded BGR + its RGB copy, 6 bytes per pixel), so the pool is bounded by the budget, not by
+#: the core count (32 cores x 2.7 GB for images just below a large --max-image-pixels).
+DECODE_MEMORY_BUDGET = 2 << 30
+
+
+def decode_workers(max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> int:
+    """Threads for decoding: the cores, at most as many as DECODE_MEMORY_BUDGET holds images of ``max_pixels``."""
+    return max(1, min(os.cpu_count() or 1, DECODE_MEMORY_BUDGET // max(1, 6 * int(max_pixels))))
 
 
 @dataclass
 class DecodedImages:
-    """``images`` (N, H, W, 3) uint8 RGB; ``ok[i]`` False where decoding failed (``errors[i]`` says why)."""
+    """``images`` (N, H, W, 3) uint8 RGB; ``ok[i]`` False where decoding failed (``errors[i]`` says why,
+    without the name). ``cache_warning``: one line when the optional cache could not be read or
+    written (the images are fine; only the next run decodes again)."""
 
     images: np.ndarray
     ok: np.ndarray
     errors: list[str]
     from_cache: bool
+    cache_warning: str = ""
 
 
 def decode_all(root: Path, files: Sequence[str], size_hw: tuple[int, int], interpolation: str,
-               cache_dir: Path | None, progress: ProgressFn | None = None) -> DecodedImages:
+               cache_dir: Path | None, progress: ProgressFn | None = None, *,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, follow_symlinks: bool = False) -> DecodedImages:
+    """Decode and resize ``files`` (names relative to ``root``) once, through the image guard: a
+    FIFO, a device, a symlink out of ``root`` (unless ``follow_symlinks``) or a header above
+    ``max_pixels`` is a failed item (``ok`` False, ``errors`` says why), never a read."""
     h, w = size_hw
     cache_path = None
     if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"images_{cache_key(root, files, size_hw, interpolation)}.npz"
-        if cache_path.is_file():
-            try:
-                with np.load(cache_path, allow_pickle=False) as data:
-                    images, ok, errors = data["images"], data["ok"], [str(e) for e in data["errors"]]
-                if images.shape == (len(files), h, w, 3):
-                    return DecodedImages(images, ok, errors, from_cache=True)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                pass  # a damaged cache is rebuilt, never trusted
+        key = cache_key(root, files, size_hw, interpolation, max_pixels, follow_symlinks)
+        cache_path = Path(cache_dir) / f"images_{key}.npz"
+        try:
+            with np.load(cache_path, allow_pickle=False) as data:
+                images, ok, errors = data["images"], data["ok"], [str(e) for e in data["errors"]]
+            if images.shape == (len(files), h, w, 3):
+                return DecodedImages(images, ok, errors, from_cache=True)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # missing, unreadable or damaged: rebuilt, never trusted
     images = np.zeros((len(files), h, w, 3), dtype=np.uint8)
     ok = np.zeros(len(files), dtype=bool)
     errors = [""] * len(files)
 
     def work(i: int) -> None:
         try:
-            images[i] = resize_image(decode_image(root / files[i]), size_hw, interpolation)
+            image = decode_image(root / files[i], root, follow_symlinks, max_pixels)
+            images[i] = resize_image(image, size_hw, interpolation)
             ok[i] = True
         except ImageDecodeError as exc:
             errors[i] = str(exc)
 
-    # cv2 releases the GIL while decoding, so threads use every core without pickling arrays.
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+    # cv2 releases the GIL while decoding, so threads use the cores without pickling arrays.
+    with ThreadPoolExecutor(max_workers=decode_workers(max_pixels)) as pool:
         for done, _ in enumerate(pool.map(work, range(len(files))), start=1):
             if progress is not None:
                 progress(done, len(files))
+    warning = ""
     if cache_path is not None:
-        _atomic_save_npz(cache_path, images=images, ok=ok, errors=np.array(errors, dtype=str))
-    return DecodedImages(images, ok, errors, from_cache=False)
+        try:
+            _atomic_save_npz(cache_path, images=images, ok=ok, errors=np.array(errors, dtype=str))
+        except OSError as exc:  # the cache is optional: a read-only or full disk only costs a re-decode
+            warning = (f"{describe_os_error(exc, shown(cache_path.parent), 'cannot write the decode cache')} "
+                       "(or set --cache-dir); continuing without it")
+    return DecodedImages(images, ok, errors, from_cache=False, cache_warning=warning)
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Raises OSError (the temp file removed) when the cache folder cannot be made or written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -150,7 +199,9 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a cache that cannot be written only costs a re-decode next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,7 +266,7 @@ class CachedDetectionDataset(Dataset):
             try:
                 image, boxes, labels = self.augment(image, boxes, labels, rng, source=self.random_sample)
             except Exception as exc:  # noqa: BLE001 - name the image, whatever the op raised
-                name = self.names[index] if self.names else f"item {index}"
+                name = shown(self.names[index]) if self.names else f"item {index}"
                 raise DataError(f"{name} (epoch {epoch}): augmentation failed: "
                                 f"{type(exc).__name__}: {first_line(exc)}") from exc
         if self.student_size is not None:

@@ -5,10 +5,14 @@ Bad lines are skipped and reported (file, line number, reason) instead of failin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from uhd_core.data.files import FileRefused, read_dataset_file, shown
+from uhd_core.errors import bounded
 
 # Labels written by other tools are often a hair outside 0..1 (float rounding); clip within this.
 _COORD_TOLERANCE = 1e-6
@@ -24,7 +28,7 @@ class LabelIssue:
     reason: str
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
+        where = f"{shown(self.path)}:{self.line}" if self.line else shown(self.path)
         return f"{where}: {self.reason}"
 
 
@@ -54,7 +58,7 @@ def parse_label_text(text: str, source: str = "<labels>") -> ParsedLabels:
             cls_f = float(fields[0])
             cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError:
-            issues.append(LabelIssue(source, lineno, f"not numbers: {line[:60]!r}"))
+            issues.append(LabelIssue(source, lineno, f"not numbers: {bounded(line, 60)!r}"))
             continue
         if not cls_f.is_integer() or cls_f < 0:
             issues.append(LabelIssue(source, lineno, f"class must be a non-negative integer, got {fields[0]!r}"))
@@ -87,17 +91,23 @@ def parse_label_text(text: str, source: str = "<labels>") -> ParsedLabels:
     )
 
 
-def read_label_file(path: Path) -> ParsedLabels:
-    """A missing label file means 'no boxes' (a negative image), not an error."""
-    if not path.exists():
-        return ParsedLabels(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+def read_label_file(path: Path, root: Path | None = None, follow_symlinks: bool = False) -> ParsedLabels:
+    """A missing label file means 'no boxes' (a negative image), not an error.
+
+    Read through the dataset file guard (``uhd_core.data.files``): a FIFO, device or socket, and
+    (with ``root``, unless ``follow_symlinks``) a file whose real path leaves ``root``, is not read;
+    it is one issue (line 0) and no boxes.
+    """
+    empty = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    if not os.path.lexists(path):
+        return ParsedLabels(*empty)
     try:
         # utf-8-sig: Windows editors write a byte-order mark that would otherwise spoil line 1.
-        text = path.read_text(encoding="utf-8-sig", errors="strict")
-    except (OSError, UnicodeDecodeError) as exc:
-        return ParsedLabels(
-            np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), [LabelIssue(str(path), 0, f"unreadable ({exc})")]
-        )
+        text = read_dataset_file(path, root, follow_symlinks).decode("utf-8-sig", errors="strict")
+    except FileRefused as exc:
+        return ParsedLabels(*empty, [LabelIssue(str(path), 0, f"not read: {exc}")])
+    except UnicodeDecodeError as exc:
+        return ParsedLabels(*empty, [LabelIssue(str(path), 0, f"unreadable ({bounded(exc)})")])
     return parse_label_text(text, str(path))
 
 

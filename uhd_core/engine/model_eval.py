@@ -41,15 +41,18 @@ class EvalReport:
 
 def evaluate_model(model_path: str | Path, image_dir: str | Path, *, classes: tuple[int, ...] | None = None,
                    conf_thresh: float = EVAL_SCORE_FLOOR, iou: float = 0.5, batch_size: int = 64,
-                   progress: Callable[[int, int], None] | None = None) -> EvalReport:
+                   progress: Callable[[int, int], None] | None = None, follow_symlinks: bool = True) -> EvalReport:
+    """``follow_symlinks``: read images/labels that are symlinks out of ``image_dir`` (default: yes; eval
+    quotes no file's content, and a val split is often a folder of symlinks, as in bench/zoo.py);
+    FIFOs, devices and images above the default pixel budget are never read."""
     predictor = load_predictor(model_path)
     cfg = predictor.cfg
     classes = tuple(classes) if classes else tuple(cfg.classes)
-    index = scan_yolo_folder(Path(image_dir), classes)
+    index = scan_yolo_folder(Path(image_dir), classes, follow_symlinks)
     if len(index) == 0:
         raise DataError(f"--image-dir {image_dir}: no image has a box of --classes {','.join(map(str, classes))}")
     decoded = decode_all(index.root, index.files, predictor.img_size, predictor.resize_interpolation,
-                         default_cache_dir())
+                         default_cache_dir(), follow_symlinks=follow_symlinks)
     rows = np.flatnonzero(decoded.ok)
     if len(rows) == 0:  # scoring nothing would report mAP 0 as if the model had failed
         raise DataError(f"--image-dir {index.root}: none of its {len(index)} labelled images could be decoded "

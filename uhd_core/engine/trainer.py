@@ -34,6 +34,7 @@ from uhd_core.data.dataset import (
     scan_yolo_folder,
     split_files,
 )
+from uhd_core.data.files import shown
 from uhd_core.distill.base import Distiller, cosine_ramp
 from uhd_core.distill.factory import build_distiller
 from uhd_core.distill.vit import VIT_TEACHER_ARCHS
@@ -380,7 +381,7 @@ class Trainer:
             raise ConfigError(str(exc)) from None
         # Everything a run can be refused for is checked here, before any run dir, log or event file
         # is made for a run that cannot start.
-        self.index = scan_yolo_folder(require_image_dir(cfg.image_dir), cfg.classes)
+        self.index = scan_yolo_folder(require_image_dir(cfg.image_dir), cfg.classes, cfg.follow_symlinks)
         self.dist = dist or DistContext()
         self.device = self.dist.device(resolve_device(cfg.device))
         if cfg.sync_bn and (self.device.type != "cuda" or self.dist.world_size < 2):
@@ -515,9 +516,13 @@ class Trainer:
             index.root, used, cfg.img_size, cfg.resize_interpolation, cache_dir,
             progress=lambda done, total: self.bus.emit(DecodeProgressed(done, total))
             if done % step == 0 or done == total else None,
+            max_pixels=cfg.max_image_pixels, follow_symlinks=cfg.follow_symlinks,
         )
+        if decoded.cache_warning and self.dist.is_main:
+            self.bus.emit(RunWarning(decoded.cache_warning))
         row = {name: i for i, name in enumerate(used)}
-        failures = [f"{index.root / used[i]}: {decoded.errors[i]}" for i in range(len(used)) if not decoded.ok[i]]
+        failures = [f"{shown(index.root / used[i])}: {decoded.errors[i]}"
+                    for i in range(len(used)) if not decoded.ok[i]]
         if self.dist.is_main:
             self.dist.barrier()
         train_files = [f for f in train_files if decoded.ok[row[f]]]
@@ -528,7 +533,7 @@ class Trainer:
                                                      indent=0))
         examples = failures + [str(issue) for issue in index.issues]
         self.bus.emit(DataPrepared(
-            image_dir=str(index.root), num_images=len(index), num_train=len(train_files), num_val=len(val_files),
+            image_dir=shown(index.root), num_images=len(index), num_train=len(train_files), num_val=len(val_files),
             num_without_targets=index.num_without_targets, num_label_issues=len(index.issues),
             num_decode_failures=len(failures), from_cache=decoded.from_cache,
             examples=examples[:MAX_REPORTED_ISSUES],
@@ -551,7 +556,8 @@ class Trainer:
             return subset(train_files, augment, decoded.images), val_set
         # The teacher sees each augmented sample at its own (larger) size: augment there, resize down
         # for the student. Train images only; decode failures are the same at any size.
-        large = decode_all(index.root, train_files, teacher_size, cfg.resize_interpolation, cache_dir)
+        large = decode_all(index.root, train_files, teacher_size, cfg.resize_interpolation, cache_dir,
+                           max_pixels=cfg.max_image_pixels, follow_symlinks=cfg.follow_symlinks)
         return subset(train_files, augment, large.images, student_size=cfg.img_size,
                       row_of={f: i for i, f in enumerate(train_files)}), val_set
 
