@@ -381,3 +381,16 @@ def test_an_unusable_cache_dir_warns_and_trains_uncached(tmp_path, monkeypatch):
     warnings = [e["message"] for e in read_events(result.run_dir / "events.jsonl") if e["event"] == "RunWarning"]
     assert len(warnings) == 1 and "read-only file system" in warnings[0]
     assert result.epochs_done == 1
+
+
+def test_a_run_dir_whose_name_is_not_utf8_gets_its_renders(tmp_path):
+    """Validation renders used cv2.imwrite, which crashes the process (SIGSEGV) on such a path; a
+    subprocess, so that a regression fails the test instead of killing pytest."""
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, n=12, seed=0)
+    runs = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/runs_\x82\xa0"))
+    proc = _cli(["train", "--image-dir", data, "--runs-dir", runs, "--exp-name", "r", "--epochs", "1",
+                 "--eval-interval", "1", "--cnn-width", "8", "--batch-size", "4", "--num-workers", "0",
+                 "--no-tui", "--device", "cpu"])
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert list((runs / "r").glob("*/val_00.png")), sorted(p.name for p in (runs / "r").iterdir())

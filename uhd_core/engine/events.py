@@ -209,7 +209,7 @@ class JsonlEventWriter:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open(path, "a", encoding="utf-8", errors="backslashreplace")
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, DecodeProgressed):
@@ -295,7 +295,7 @@ class LogFileWriter:
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open(path, "a", encoding="utf-8", errors="backslashreplace")
 
     def __call__(self, event: Event) -> None:
         line = format_event_line(event)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from uhd_core.metrics.ap import ImageDetections, ImageGroundTruth
+from uhd_core.outputs import atomic_write_bytes, encode_image
 
 RENDER_SCALE = 4  # 64x64 inputs are too small to judge by eye
 
@@ -34,5 +35,7 @@ def write_renders(out_dir: Path, images: np.ndarray, dets: list[ImageDetections]
                   conf_thresh: float, limit: int = 10) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for i in range(min(limit, len(images))):
-        cv2.imwrite(str(out_dir / f"val_{i:02d}.png"), render_detections(images[i], dets[i], gts[i], conf_thresh))
+        # Encoded in memory: cv2.imwrite crashes (SIGSEGV) on a run dir whose name is not UTF-8.
+        png = encode_image(render_detections(images[i], dets[i], gts[i], conf_thresh), ".png")
+        atomic_write_bytes(out_dir / f"val_{i:02d}.png", lambda fh, data=png: fh.write(data))
     return out_dir
