@@ -56,8 +56,9 @@ def _data_prepared(run_dir: Path) -> dict[str, Any]:
 
 def _cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     """`uhd ARGS` in a subprocess: a hang fails the test (TimeoutExpired) instead of hanging the suite."""
+    # errors=backslashreplace: a path printed back may hold the raw bytes of a non-UTF-8 name.
     return subprocess.run([sys.executable, "-m", "uhd_cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "CI": "1"})
+                          errors="backslashreplace", timeout=timeout, env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "CI": "1"})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,3 +395,4 @@ def test_a_run_dir_whose_name_is_not_utf8_gets_its_renders(tmp_path):
                  "--no-tui", "--device", "cpu"])
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert list((runs / "r").glob("*/val_00.png")), sorted(p.name for p in (runs / "r").iterdir())
+    assert "no TensorBoard scalars for this run" in (runs / "r" / "train.log").read_text(encoding="utf-8")

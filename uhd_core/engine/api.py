@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from uhd_core.engine.distributed import DistContext, close_process_group, init_process_group, launch_local_processes
-from uhd_core.engine.events import EventBus, JsonlEventWriter, LogFileWriter, Subscriber, TensorBoardWriter
+from uhd_core.engine.events import EventBus, JsonlEventWriter, LogFileWriter, RunWarning, Subscriber, TensorBoardWriter
 from uhd_core.engine.signals import stop_on_signals
 from uhd_core.engine.trainer import RunResult, Trainer, make_run_config
 from uhd_core.errors import RunDirError
-from uhd_core.outputs import describe_os_error
+from uhd_core.outputs import describe_os_error, native_path_ok
 
 
 def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
@@ -30,9 +30,12 @@ def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: l
         return trainer, []
     run_dir: Path = trainer.run_dir
     writers: list[Any] = []
+    # TensorBoard's writer encodes its path as UTF-8 and fails on a run dir whose name is not (a
+    # Shift-JIS folder name): the scalars are optional, the run is not.
+    skip_tensorboard = tensorboard and not native_path_ok(run_dir)
     try:
         writers += [JsonlEventWriter(run_dir / "events.jsonl"), LogFileWriter(run_dir / "train.log")]
-        if tensorboard:
+        if tensorboard and not skip_tensorboard:
             writers.append(TensorBoardWriter(run_dir / "tensorboard"))
     except OSError as exc:
         for writer in writers:
@@ -41,6 +44,9 @@ def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: l
         raise RunDirError(f"{describe_os_error(exc, exc.filename or run_dir)} (run dir {run_dir})") from None
     for writer in writers:
         bus.subscribe(writer)
+    if skip_tensorboard:
+        bus.emit(RunWarning("no TensorBoard scalars for this run: TensorBoard needs a run dir path that is valid "
+                            "UTF-8; events.jsonl and train.log have everything"))
     return trainer, writers
 
 
