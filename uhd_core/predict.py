@@ -165,18 +165,8 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
     if json_path is not None:
         check_output_file(Path(json_path), flag="--json", overwrite=overwrite, inputs=inputs)
     is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
-    if is_video:
-        # A video OpenCV cannot open would otherwise yield no frames: a silent "0 images" success.
-        with opencv_path(source) as cv_source:
-            cap = cv2.VideoCapture(cv_source)
-            opened = cap.isOpened() and cap.read()[0]
-            fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) if opened else 25.0
-            cap.release()
-        if not opened:
-            raise DataError(f"--source {source}: cannot be opened as a video (damaged, or a codec OpenCV lacks)")
+    fps = _video_fps(source) if is_video else 25.0
     predictor = load_predictor(model_path)
-    cfg = predictor.cfg
-    topk = cfg.topk
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -189,18 +179,12 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
             if image is None:
                 summary.skipped.append(f"{name}: {error}")
                 continue
-            small = resize_image(image, predictor.img_size, predictor.resize_interpolation)
-            dets = predictor.predict(small[None], topk)[0]
-            dets = clip_to_image(dets[dets[:, 0] >= conf_thresh])
-            class_ids = [int(cfg.classes[int(c)]) for c in dets[:, 1]]
-            h, w = image.shape[:2]
-            records.append({"file": name, "width": w, "height": h, "detections": [
-                {"score": round(float(d[0]), 5), "class_id": cid, "box_cxcywh": [round(float(v), 6) for v in d[2:6]]}
-                for d, cid in zip(dets, class_ids, strict=True)]})
+            dets, class_ids, record = _detect(predictor, image, name, conf_thresh)
+            records.append(record)
             annotated = draw(image, dets, class_ids)
             if is_video:
                 if video is None:
-                    video = _VideoOut(out_dir / (source.stem + "_pred.mp4"), fps, (w, h))
+                    video = _VideoOut(out_dir / (source.stem + "_pred.mp4"), fps, (record["width"], record["height"]))
                 video.write(annotated)
             else:
                 write_image(out_dir / name, annotated, "--out")
@@ -219,6 +203,41 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
         raise
     if video is not None:
         video.close()
+    _finish(summary, source, model_path, json_path, records)
+    return summary
+
+
+def _video_fps(source: Path) -> float:
+    """The frame rate of the video ``source`` (25 when it does not say); DataError when OpenCV cannot
+    read a frame of it: such a video would otherwise yield no frames, a silent "0 images" success."""
+    with opencv_path(source) as cv_source:
+        cap = cv2.VideoCapture(cv_source)
+        opened = cap.isOpened() and cap.read()[0]
+        fps = (cap.get(cv2.CAP_PROP_FPS) or 25.0) if opened else 25.0
+        cap.release()
+    if not opened:
+        raise DataError(f"--source {source}: cannot be opened as a video (damaged, or a codec OpenCV lacks)")
+    return fps
+
+
+def _detect(predictor, image: np.ndarray, name: str, conf_thresh: float) -> tuple[np.ndarray, list[int], dict]:
+    """Run ``predictor`` on one RGB ``image``: (its (K, 6) detections at ``conf_thresh`` cut to the
+    image, their source class ids, its record for the ``--json`` file)."""
+    cfg = predictor.cfg
+    small = resize_image(image, predictor.img_size, predictor.resize_interpolation)
+    dets = predictor.predict(small[None], cfg.topk)[0]
+    dets = clip_to_image(dets[dets[:, 0] >= conf_thresh])
+    class_ids = [int(cfg.classes[int(c)]) for c in dets[:, 1]]
+    h, w = image.shape[:2]
+    record = {"file": name, "width": w, "height": h, "detections": [
+        {"score": round(float(d[0]), 5), "class_id": cid, "box_cxcywh": [round(float(v), 6) for v in d[2:6]]}
+        for d, cid in zip(dets, class_ids, strict=True)]}
+    return dets, class_ids, record
+
+
+def _finish(summary: PredictSummary, source: Path, model_path: str | Path, json_path: str | Path | None,
+            records: list[dict]) -> None:
+    """Refuse a run that predicted on no image; write the ``--json`` file."""
     if summary.images == 0:  # nothing to show for the run: an error, not "0 images" and exit 0
         why = f"no readable image ({summary.skipped[0]})" if summary.skipped else \
             f"holds no {'/'.join(IMAGE_SUFFIXES)} images"
@@ -226,4 +245,3 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path, *, 
     if json_path is not None:
         summary.json_path = Path(json_path)
         write_output(summary.json_path, json.dumps({"model": str(model_path), "images": records}, indent=1), "--json")
-    return summary

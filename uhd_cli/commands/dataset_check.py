@@ -40,9 +40,8 @@ def dataset_check(
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import Progress
-    from rich.table import Table
 
-    from uhd_core.data.check import FIX_REPORT, INFO, PROBLEMS, check_dataset, check_fix_target
+    from uhd_core.data.check import FIX_REPORT, PROBLEMS, check_dataset, check_fix_target
     from uhd_core.data.files import shown
     from uhd_core.outputs import check_output_file, write_output
 
@@ -62,30 +61,7 @@ def dataset_check(
                                follow_symlinks=follow_symlinks, max_pixels=max_image_pixels)
     console = Console()
     counts = report.counts()
-    summary = Table(title=f"{escape(report.image_dir)}: {report.images} images, {report.label_files} label files, "
-                          f"{report.boxes} boxes")
-    summary.add_column("finding")
-    summary.add_column("count", justify="right")
-    summary.add_column("first examples")
-    for kind in [*sorted(PROBLEMS), *INFO]:
-        if counts.get(kind):
-            examples = [escape(f"{f.where} {f.detail}".strip()) for f in report.findings if f.kind == kind][:3]
-            summary.add_row(("[red]" if kind in PROBLEMS else "") + kind, str(counts[kind]), "\n".join(examples))
-    console.print(summary)
-    classes_table = Table(title="boxes per class")
-    classes_table.add_column("class", justify="right")
-    classes_table.add_column("boxes", justify="right")
-    for c, n in sorted(report.class_histogram.items()):
-        classes_table.add_row(str(c), str(n))
-    console.print(classes_table)
-    sizes = Table(title=f"box size (larger side) in pixels at {cfg.img_size[0]}x{cfg.img_size[1]}")
-    sizes.add_column("size")
-    sizes.add_column("boxes", justify="right")
-    for name, n in report.size_histogram.items():
-        sizes.add_row(name, str(n))
-    console.print(sizes)
-    console.print("smaller than one output cell: " + ", ".join(
-        f"stride {s}: {share:.1%}" for s, share in report.under_one_cell.items()))
+    _print_report(console, report, counts, cfg.img_size)
     if json_path is not None:
         write_output(json_path, json.dumps(dataclasses.asdict(report), indent=1), flag="--json")
     if fix is not None:
@@ -103,3 +79,36 @@ def dataset_check(
     problems = sum(counts[k] for k in PROBLEMS)
     console.print(f"[red]{problems} problem(s) found[/red]")
     raise typer.Exit(1)
+
+
+def _print_report(console, report, counts: dict[str, int], img_size: tuple[int, int]) -> None:
+    """The findings, boxes-per-class and box-size tables of a DatasetReport, and the under-one-cell shares."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from uhd_core.data.check import INFO, PROBLEMS
+
+    summary = Table(title=f"{escape(report.image_dir)}: {report.images} images, {report.label_files} label files, "
+                          f"{report.boxes} boxes")
+    summary.add_column("finding")
+    summary.add_column("count", justify="right")
+    summary.add_column("first examples")
+    for kind in [*sorted(PROBLEMS), *INFO]:
+        if counts.get(kind):
+            examples = [escape(f"{f.where} {f.detail}".strip()) for f in report.findings if f.kind == kind][:3]
+            summary.add_row(("[red]" if kind in PROBLEMS else "") + kind, str(counts[kind]), "\n".join(examples))
+    console.print(summary)
+    classes_table = Table(title="boxes per class")
+    classes_table.add_column("class", justify="right")
+    classes_table.add_column("boxes", justify="right")
+    for c, n in sorted(report.class_histogram.items()):
+        classes_table.add_row(str(c), str(n))
+    console.print(classes_table)
+    sizes = Table(title=f"box size (larger side) in pixels at {img_size[0]}x{img_size[1]}")
+    sizes.add_column("size")
+    sizes.add_column("boxes", justify="right")
+    for name, n in report.size_histogram.items():
+        sizes.add_row(name, str(n))
+    console.print(sizes)
+    console.print("smaller than one output cell: " + ", ".join(
+        f"stride {s}: {share:.1%}" for s, share in report.under_one_cell.items()))

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from uhd_core.errors import CheckpointError, ConfigError, bounded, first_line
-from uhd_core.export.onnx_export import REEXPORT, count_macs, load_export, ort_source
+from uhd_core.export.onnx_common import ort_source
+from uhd_core.export.onnx_macs import count_macs
+from uhd_core.export.onnx_meta import REEXPORT, load_export
 
 
 @dataclass
