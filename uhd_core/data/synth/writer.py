@@ -40,6 +40,8 @@ def _image_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    # outputs.atomic_write_bytes without its two fsyncs: thousands of small files of regenerable
+    # synthetic data; a crash leaves whole files or none, which is all a rerun needs.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
