@@ -17,7 +17,7 @@ from uhd_core.config import build_config
 from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.engine.distributed import DistContext, EpochTaggedDistributedSampler, close_process_group
 from uhd_core.engine.events import read_events
-from uhd_core.engine.trainer import ForwardWithFeatures
+from uhd_core.engine.train_state import ForwardWithFeatures
 from uhd_core.export.api import export_checkpoint
 from uhd_core.models.detector import build_detector
 

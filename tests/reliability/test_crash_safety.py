@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-import uhd_core.engine.trainer as trainer_module
+import uhd_core.engine.data_prep as data_prep_module
+import uhd_core.engine.run_dir as run_dir_module
+import uhd_core.engine.saving as saving_module
 from uhd_core.engine.api import create_trainer, run_trainer, run_training
 from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.engine.events import Event, StepEnded, read_events
@@ -214,7 +216,7 @@ def test_an_unwritable_run_dir_is_refused_before_training(tiny_yolo_dir, tmp_pat
 
 
 def test_too_little_free_space_is_refused_before_training(tiny_yolo_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda _path: shutil_usage(total=10**6, used=999_000,
+    monkeypatch.setattr(run_dir_module.shutil, "disk_usage", lambda _path: shutil_usage(total=10**6, used=999_000,
                                                                                       free=1000))
     with pytest.raises(RunDirError, match="MB free"):
         run_training(None, _flags(tiny_yolo_dir, tmp_path, epochs=1), tensorboard=False)
@@ -222,7 +224,7 @@ def test_too_little_free_space_is_refused_before_training(tiny_yolo_dir, tmp_pat
 
 
 def test_a_failed_save_keeps_the_previous_checkpoints_and_stops(tiny_yolo_dir, tmp_path, monkeypatch):
-    real_save = trainer_module.save_checkpoint
+    real_save = saving_module.save_checkpoint
     saves = {"n": 0}
 
     def disk_full_on_third_save(path, payload):
@@ -231,7 +233,7 @@ def test_a_failed_save_keeps_the_previous_checkpoints_and_stops(tiny_yolo_dir, t
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(path, payload)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", disk_full_on_third_save)
+    monkeypatch.setattr(saving_module, "save_checkpoint", disk_full_on_third_save)
     with pytest.raises(TrainingError, match="No space left on device.*are kept.*--resume") as info:
         run_training(None, _flags(tiny_yolo_dir, tmp_path, epochs=3), tensorboard=False)
     assert info.value.exit_code == 1
@@ -244,7 +246,7 @@ def test_a_failed_save_keeps_the_previous_checkpoints_and_stops(tiny_yolo_dir, t
 
 def test_a_worker_error_names_the_image_and_the_original_error(tiny_yolo_dir, tmp_path, monkeypatch):
     seen: dict[str, Any] = {}
-    real_dataset = trainer_module.CachedDetectionDataset
+    real_dataset = data_prep_module.CachedDetectionDataset
 
     def fails_on_the_third_item(*args, **kwargs):
         dataset = real_dataset(*args, **kwargs)
@@ -259,7 +261,7 @@ def test_a_worker_error_names_the_image_and_the_original_error(tiny_yolo_dir, tm
             dataset.augment = augment
         return dataset
 
-    monkeypatch.setattr(trainer_module, "CachedDetectionDataset", fails_on_the_third_item)
+    monkeypatch.setattr(data_prep_module, "CachedDetectionDataset", fails_on_the_third_item)
     with pytest.raises(TrainingError) as info:
         run_training(None, _flags(tiny_yolo_dir, tmp_path, epochs=1, num_workers=1), tensorboard=False)
     message = str(info.value)

@@ -21,6 +21,11 @@ from typing import Any
 import pytest
 import torch
 
+import uhd_core.engine.data_prep as data_prep_module
+import uhd_core.engine.finite as finite_module
+import uhd_core.engine.run_dir as run_dir_module
+import uhd_core.engine.saving as saving_module
+import uhd_core.engine.train_state as train_state_module
 import uhd_core.engine.trainer as trainer_module
 from uhd_core.config import RunConfig, build_config
 from uhd_core.engine.api import create_trainer, run_trainer, run_training
@@ -60,7 +65,7 @@ def _all_checkpoint_tensors_finite(run_dir: Path) -> int:
     """Load every checkpoint of ``run_dir``; assert no floating tensor in it holds NaN/inf; return the count."""
     paths = sorted(run_dir.glob("*.pt"))
     for path in paths:
-        assert trainer_module.nonfinite_entries(load_checkpoint(path)) == [], path
+        assert finite_module.nonfinite_entries(load_checkpoint(path)) == [], path
     return len(paths)
 
 
@@ -281,7 +286,7 @@ def test_the_save_path_refuses_non_finite_weights(tiny_yolo_dir, tmp_path):
     trainer, writers = create_trainer(None, _flags(tiny_yolo_dir, tmp_path / "runs", epochs=2, use_ema=True),
                                       tensorboard=False)
     ema_of: dict[str, Any] = {}
-    real_ema = trainer_module.ModelEMA
+    real_ema = train_state_module.ModelEMA
 
     def remember_ema(*args, **kwargs):
         ema_of["ema"] = real_ema(*args, **kwargs)
@@ -295,12 +300,12 @@ def test_the_save_path_refuses_non_finite_weights(tiny_yolo_dir, tmp_path):
                 weight[(0,) * weight.dim()] = float("inf")
 
     trainer.bus.subscribe(poison_ema_after_epoch_2)
-    trainer_module.ModelEMA = remember_ema
+    train_state_module.ModelEMA = remember_ema
     try:
         with pytest.raises(TrainingError, match=r"refusing to write checkpoint .*NaN/inf in ema\.module\..*--lr"):
             run_trainer(trainer, writers)
     finally:
-        trainer_module.ModelEMA = real_ema
+        train_state_module.ModelEMA = real_ema
     assert _all_checkpoint_tensors_finite(trainer.run_dir) >= 1
     assert not list(trainer.run_dir.glob("*_0002*.pt"))
 
@@ -329,7 +334,7 @@ def test_the_weight_check_is_a_small_part_of_a_step(tiny_yolo_dir, tmp_path):
 
     cfg = build_config("quickstart", {"image_dir": str(tiny_yolo_dir)})
     model = build_detector(cfg).to(memory_format=torch.channels_last)
-    watch = trainer_module.FiniteWatch([*model.named_parameters(), *model.named_buffers()])
+    watch = finite_module.FiniteWatch([*model.named_parameters(), *model.named_buffers()])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(cfg.batch_size, 3, *cfg.img_size).contiguous(memory_format=torch.channels_last)
 
@@ -356,7 +361,7 @@ def test_the_weight_check_is_a_small_part_of_a_step(tiny_yolo_dir, tmp_path):
 
 def test_a_full_disk_is_refused_before_anything_is_created(tiny_yolo_dir, tmp_path, monkeypatch):
     # Before: the run dir, an empty train.log and events.jsonl and split.json were made first.
-    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda _p: shutil_usage(total=10**9, used=10**9, free=0))
+    monkeypatch.setattr(run_dir_module.shutil, "disk_usage", lambda _p: shutil_usage(total=10**9, used=10**9, free=0))
     code, _out, err = run_uhd(_args(_flags(tiny_yolo_dir, tmp_path / "runs")), monkeypatch)
     assert code == 2
     line = assert_one_error_line(err, str(tmp_path / "runs" / "guard"))
@@ -366,14 +371,14 @@ def test_a_full_disk_is_refused_before_anything_is_created(tiny_yolo_dir, tmp_pa
 
 def _disk_full_on(monkeypatch, target: str) -> None:
     if target == "split.json":
-        real = trainer_module.atomic_write_text
+        real = data_prep_module.atomic_write_text
 
         def atomic_write_text(path, text):
             if Path(path).name == "split.json":
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             real(path, text)
 
-        monkeypatch.setattr(trainer_module, "atomic_write_text", atomic_write_text)
+        monkeypatch.setattr(data_prep_module, "atomic_write_text", atomic_write_text)
     else:  # a real ENOSPC on every write of events.jsonl: its flushes and its final close fail too
         from uhd_core.engine import events
 
@@ -405,7 +410,7 @@ def test_a_disk_that_fills_up_during_setup_is_one_line_and_a_rerun_is_not_refuse
 
 def test_resume_takes_a_run_dir_that_holds_only_a_best_checkpoint(tiny_yolo_dir, tmp_path, monkeypatch):
     # The disk filled up right after epoch 1's best checkpoint: its last_ never got written.
-    real_save = trainer_module.save_checkpoint
+    real_save = saving_module.save_checkpoint
     saves = {"n": 0}
 
     def disk_full_on_second_save(path, payload):
@@ -417,7 +422,7 @@ def test_resume_takes_a_run_dir_that_holds_only_a_best_checkpoint(tiny_yolo_dir,
     flags = _flags(tiny_yolo_dir, tmp_path / "runs", epochs=2)
     run_dir = tmp_path / "runs" / "guard"
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module, "save_checkpoint", disk_full_on_second_save)
+        patch.setattr(saving_module, "save_checkpoint", disk_full_on_second_save)
         code, _out, err = run_uhd(_args(flags), monkeypatch)
     assert code == 1
     line = assert_one_error_line(err, f"uhd train --resume {run_dir}")
@@ -435,10 +440,10 @@ def test_resume_picks_the_newest_checkpoint_of_any_kind(tmp_path):
                  "best_cnn_0003_map_0.2.pt", "notes.pt"):
         (tmp_path / name).write_bytes(b"")
     # by the last finished epoch (manual_0005 was saved during epoch 5: epoch 4 finished), then last > best > manual
-    assert [p.name for p in trainer_module.resumable_checkpoints(tmp_path)] == [
+    assert [p.name for p in saving_module.resumable_checkpoints(tmp_path)] == [
         "best_cnn_0004_map_0.10000.pt", "manual_0005_step_00002.pt", "last_0003.pt", "best_cnn_0003_map_0.2.pt"]
     (tmp_path / "last_0004.pt").write_bytes(b"")  # same epoch as the best: the last one was written after it
-    assert trainer_module.resumable_checkpoints(tmp_path)[0].name == "last_0004.pt"
+    assert saving_module.resumable_checkpoints(tmp_path)[0].name == "last_0004.pt"
 
 
 # ------------------------------------------------------------------------------------------------

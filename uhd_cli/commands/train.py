@@ -23,6 +23,7 @@ from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, RunConfig, available_pr
 from uhd_core.errors import UhdError, first_line
 
 if TYPE_CHECKING:
+    from uhd_core.engine.run_setup import RunSetup
     from uhd_core.engine.trainer import RunResult
 
 _PANELS = {
@@ -76,19 +77,20 @@ def train(preset: Optional[str] = None, tui: Optional[bool] = None, **flags: Any
     """Train a detector on a YOLO-format folder (typed flags override the preset)."""
     typed = {name: value for name, value in flags.items() if value is not None}
     from uhd_core.engine.distributed import launched_by_torchrun  # torch is imported only when training
-    from uhd_core.engine.trainer import make_run_config
+    from uhd_core.engine.run_setup import prepare_run
 
     if launched_by_torchrun():  # one process of `torchrun ... -m uhd_cli train ...`
         _exit_as_training_process(preset, typed)
-    if make_run_config(preset, typed)[0].devices > 1:
-        result = _launch_local_processes(preset, typed)
+    setup = prepare_run(preset, typed)  # the config (and a --resume checkpoint) made once, passed down
+    if setup.cfg.devices > 1:
+        result = _launch_local_processes(preset, typed, setup)
     elif stdout_is_interactive() if tui is None else tui:
-        result = _train_in_dashboard(preset, typed)
+        result = _train_in_dashboard(preset, typed, setup)
     else:
         from uhd_core.engine.api import run_training  # torch is imported only when training
 
         renderer = RichProgressRenderer() if stdout_is_interactive() else PlainLinePrinter()
-        result = run_training(preset, typed, [renderer])
+        result = run_training(preset, typed, [renderer], setup=setup)
     print_run_summary(result)
     exit_if_stopped_by_signal(result)
 
@@ -159,7 +161,7 @@ def _process_entrypoint(preset: Optional[str], typed: dict[str, Any]) -> None:
         sys.exit(exc.exit_code)
 
 
-def _launch_local_processes(preset: Optional[str], typed: dict[str, Any]) -> NoReturn:
+def _launch_local_processes(preset: Optional[str], typed: dict[str, Any], setup: RunSetup) -> NoReturn:
     """--devices N: N processes on this machine under torch.distributed's elastic launcher; they print
     the log and the result, this process reports how they ended."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -168,7 +170,7 @@ def _launch_local_processes(preset: Optional[str], typed: dict[str, Any]) -> NoR
     from uhd_core.engine.api import launch_local_training
 
     try:
-        launch_local_training(preset, typed, _process_entrypoint)
+        launch_local_training(preset, typed, _process_entrypoint, setup=setup)
     except SignalException as exc:
         # Ctrl-C / SIGTERM reached the launcher too: it waited for the processes, which finished their
         # step and saved (rank 0 said how to resume).
@@ -181,14 +183,14 @@ def _launch_local_processes(preset: Optional[str], typed: dict[str, Any]) -> NoR
     raise typer.Exit(0)
 
 
-def _train_in_dashboard(preset: Optional[str], typed: dict[str, Any]) -> RunResult:
+def _train_in_dashboard(preset: Optional[str], typed: dict[str, Any], setup: RunSetup) -> RunResult:
     """Train in a worker thread under the dashboard; returns the RunResult or exits with the run's error."""
     from uhd_cli.dashboard import LiveTrainingSource, make_dashboard
     from uhd_core.engine.api import create_trainer
     from uhd_core.engine.signals import stop_on_signals
 
     # Setup errors (bad flags, missing data, taken run dir) raise here, before any UI: one-line errors.
-    trainer, writers = create_trainer(preset, typed)
+    trainer, writers = create_trainer(preset, typed, setup=setup)
     source = LiveTrainingSource(trainer)
     app = make_dashboard(source)
     try:

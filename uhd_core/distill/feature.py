@@ -20,6 +20,7 @@ own input, as the original did: a 4x4 grid, upsampled to the student's).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 from uhd_core.config import RunConfig
 from uhd_core.distill.base import DISTILLERS, Distiller
 from uhd_core.distill.vit import VIT_TEACHER_ARCHS, ViTTeacher, load_vit_teacher
-from uhd_core.errors import ConfigError
+from uhd_core.errors import CheckpointError, ConfigError
 from uhd_core.models.registry import BACKBONES
 
 FeatureLossKind = Literal["l1", "cosine", "mse"]
@@ -80,6 +81,15 @@ class FeatureDistiller(Distiller):
             target = F.interpolate(target.float(), size=projected.shape[-2:], mode="bilinear", align_corners=False)
         loss = feature_distill_loss(projected, target, self.loss_kind)
         return scale * self.weight * loss, {"distill_feat": loss.detach()}
+
+
+def check_feature_teacher_files(cfg: RunConfig) -> None:
+    """--teacher-backbone must name a file (checked before any run dir exists; loaded by the builder)."""
+    if cfg.teacher_backbone and not Path(cfg.teacher_backbone).expanduser().is_file():
+        spec = VIT_TEACHER_ARCHS.get(cfg.teacher_backbone_arch)
+        wanted = f"; obtain the official {spec.official_file} and put it there" if spec else ""
+        raise CheckpointError(f"--teacher-backbone {cfg.teacher_backbone}: no such file{wanted} "
+                              "(or pass --teacher-backbone PATH)")
 
 
 @DISTILLERS.register("feature")

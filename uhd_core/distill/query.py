@@ -19,6 +19,8 @@ original did; it needs equal counts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -124,6 +126,12 @@ class QueryDistiller(Distiller):
         box_l1 = (box_err * t_object).sum() / t_object.sum().clamp(min=1e-6)
         total = scale * (self.kl_weight * kl + self.box_l1_weight * box_l1)
         return total, {"distill_kl": kl.detach(), "distill_box_l1": box_l1.detach()}
+
+
+def check_query_teacher_files(cfg: RunConfig) -> None:
+    """--teacher-ckpt must name a file (checked before any run dir exists; read by the builder)."""
+    if cfg.teacher_ckpt and not Path(cfg.teacher_ckpt).expanduser().is_file():
+        raise CheckpointError(f"--teacher-ckpt {cfg.teacher_ckpt}: no such checkpoint file")
 
 
 @DISTILLERS.register("query")

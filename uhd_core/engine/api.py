@@ -10,22 +10,26 @@ from typing import Any
 from uhd_core.engine.distributed import DistContext, close_process_group, init_process_group, launch_local_processes
 from uhd_core.engine.events import EventBus, JsonlEventWriter, LogFileWriter, RunWarning, Subscriber, TensorBoardWriter
 from uhd_core.engine.signals import stop_on_signals
-from uhd_core.engine.trainer import RunResult, Trainer, make_run_config
+from uhd_core.engine.run_setup import RunSetup, prepare_run
+from uhd_core.engine.trainer import RunResult, Trainer
 from uhd_core.errors import RunDirError
 from uhd_core.outputs import describe_os_error, native_path_ok
 
 
 def create_trainer(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
-                   tensorboard: bool = True, dist: DistContext | None = None) -> tuple[Trainer, list[Any]]:
+                   tensorboard: bool = True, dist: DistContext | None = None, setup: RunSetup | None = None
+                   ) -> tuple[Trainer, list[Any]]:
     """Build the config (checkpoint < preset < typed flags), the trainer and its file writers.
 
     Returns the trainer and the writers to close after ``trainer.run()``. In a DDP job (``dist``) only
-    rank 0 gets writers and ``subscribers``.
+    rank 0 gets writers and ``subscribers``. ``setup``: prepare_run(preset, overrides) when the caller
+    already made it (the config and a --resume checkpoint are then not built or read again).
     """
-    cfg, ckpt, ckpt_path = make_run_config(preset, overrides)
+    setup = setup or prepare_run(preset, overrides)
     dist = dist or DistContext()
     bus = EventBus(subscribers if dist.is_main else None)
-    trainer = Trainer(cfg, bus, resume_checkpoint=ckpt, resume_path=ckpt_path, dist=dist)
+    trainer = Trainer(setup.cfg, bus, resume_checkpoint=setup.resume_checkpoint, resume_path=setup.resume_path,
+                      dist=dist)
     if not dist.is_main:
         return trainer, []
     run_dir: Path = trainer.run_dir
@@ -63,8 +67,8 @@ def run_trainer(trainer: Trainer, writers: list[Any], second_signal_exits: bool 
 
 
 def run_training(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
-                 tensorboard: bool = True) -> RunResult:
-    return run_trainer(*create_trainer(preset, overrides, subscribers, tensorboard))
+                 tensorboard: bool = True, setup: RunSetup | None = None) -> RunResult:
+    return run_trainer(*create_trainer(preset, overrides, subscribers, tensorboard, setup=setup))
 
 
 def run_training_process(preset: str | None, overrides: dict[str, Any], subscribers: list[Subscriber] | None = None,
@@ -83,13 +87,16 @@ def run_training_process(preset: str | None, overrides: dict[str, Any], subscrib
     return result
 
 
-def launch_local_training(preset: str | None, overrides: dict[str, Any], process_entrypoint: Callable[..., Any]
-                          ) -> RunResult:
+def launch_local_training(preset: str | None, overrides: dict[str, Any], process_entrypoint: Callable[..., Any],
+                          setup: RunSetup | None = None) -> RunResult:
     """--devices N on this machine: check the run once here (one-line errors before any process starts),
     then start N processes, each calling ``process_entrypoint(preset, overrides)`` (which should call
-    run_training_process). Returns rank 0's RunResult; a failed process raises ChildFailedError."""
-    cfg, ckpt, ckpt_path = make_run_config(preset, overrides)
+    run_training_process). Returns rank 0's RunResult; a failed process raises ChildFailedError.
+    ``setup``: as in create_trainer (each process still makes its own)."""
+    setup = setup or prepare_run(preset, overrides)
+    cfg = setup.cfg
     # The check takes the run dir's lock (a run still training there is refused now); rank 0 of the job
     # takes it again, so this process lets go before starting them.
-    Trainer(cfg, resume_checkpoint=ckpt, resume_path=ckpt_path, dist=DistContext(world_size=cfg.devices)).close()
+    Trainer(cfg, resume_checkpoint=setup.resume_checkpoint, resume_path=setup.resume_path,
+            dist=DistContext(world_size=cfg.devices)).close()
     return launch_local_processes(cfg.devices, process_entrypoint, preset, overrides)[0]

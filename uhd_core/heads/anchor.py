@@ -25,14 +25,18 @@ cells, so CIoU's aspect term sees the true aspect ratio).
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uhd_core.anchors import box_sizes, fit_anchors
 from uhd_core.config import RunConfig
-from uhd_core.errors import ConfigError
+from uhd_core.errors import ConfigError, DataError
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.box_iou import bbox_iou
 from uhd_core.heads.tracing import traced_min
@@ -89,6 +93,16 @@ class AnchorHead(DetectorHead):
             raise ConfigError("--use-anchor needs anchors: pass --anchors 'w,h w,h ...' or --auto-anchors")
         return cls(in_channels, cfg.num_classes, list(cfg.anchors), cfg.anchor_assign, cfg.iou_loss, cfg.head_conv,
                    cfg.activation)
+
+    @classmethod
+    def stand_in_config(cls, cfg: RunConfig) -> RunConfig:
+        """Anchors fitted later (--auto-anchors) only set values: stand-ins give the same shapes."""
+        return cfg if cfg.anchors else cfg.model_copy(update={"anchors": ((0.1, 0.1),) * cfg.num_anchors})
+
+    @classmethod
+    def prepare_config(cls, cfg: RunConfig, train_boxes: Sequence[np.ndarray]) -> RunConfig:
+        """--auto-anchors without --anchors: fit them to the training split's boxes (see fit_config_anchors)."""
+        return cfg if cfg.anchors else fit_config_anchors(cfg, train_boxes)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pred": self.pred(self.stem(features))}
@@ -279,3 +293,16 @@ def decode_anchor_traceable(head: AnchorHead, pred: torch.Tensor, topk: int, nms
     out_cls = cls.gather(1, order).to(box.dtype)
     out_box = cand_box.gather(1, order[..., None].expand(-1, -1, 4))
     return torch.cat([out_scores[..., None], out_cls[..., None], out_box], dim=-1)
+
+
+def fit_config_anchors(cfg: RunConfig, train_boxes: Sequence[np.ndarray]) -> RunConfig:
+    """--auto-anchors: k-means + evolution on the training split's boxes (per image (M, 4) cxcywh
+    normalized); the anchors are stored in the config (and so in config.yaml and every checkpoint),
+    which resume then reuses as is. Explicit --anchors win: the caller fits only when the config holds none."""
+    wh = box_sizes(train_boxes)
+    if len(wh) == 0:
+        raise DataError("--auto-anchors: the training split has no boxes to fit anchors to")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer distinct sizes than anchors: fit_anchors returns fewer
+        anchors = fit_anchors(wh, cfg.num_anchors, seed=cfg.seed)
+    return cfg.model_copy(update={"anchors": tuple((float(w), float(h)) for w, h in anchors), "auto_anchors": False})

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from uhd_core.registry import Registry
+
+if TYPE_CHECKING:
+    from uhd_core.config import RunConfig
 
 #: name -> class with ``from_config(cfg, in_channels, stride)``
 HEADS: Registry = Registry("detector head")
@@ -58,3 +63,17 @@ class DetectorHead(nn.Module, ABC):
     def decode_exported(self, exported: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
         """decode() for what ``export_outputs`` produced (an ONNX file's raw outputs); by default the same."""
         return self.decode(exported, topk)
+
+    # -- what a head needs decided before training (called by the trainer once, before the model is built)
+    @classmethod
+    def stand_in_config(cls, cfg: RunConfig) -> RunConfig:
+        """A config that builds a model of the same tensor shapes before ``prepare_config`` ran (for the
+        checks made before any data is read: --ckpt fit, checkpoint size). Default: ``cfg`` itself."""
+        return cfg
+
+    @classmethod
+    def prepare_config(cls, cfg: RunConfig, train_boxes: Sequence[np.ndarray]) -> RunConfig:
+        """The config this head trains with, given the training split's boxes (one (M, 4) cxcywh
+        normalized array per image). Decided once, before the model is built, then never changed; it
+        is what config.yaml and every checkpoint store. Default: ``cfg`` unchanged."""
+        return cfg
