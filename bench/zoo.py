@@ -229,13 +229,9 @@ def count_macs_torch(checkpoint: Path) -> tuple[int, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    from uhd_core.config import build_config, stored_config
-    from uhd_core.engine.checkpoint import load_checkpoint
-    from uhd_core.models.detector import build_detector
+    from uhd_core.models.loading import load_detector
 
-    ckpt = load_checkpoint(checkpoint)
-    cfg = build_config(None, None, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})
-    model = build_detector(cfg).eval()
+    model, cfg = load_detector(checkpoint)
 
     def cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(q, k, v)
@@ -336,7 +332,7 @@ def quiet_fds(path: Path):
 
 
 def export_and_eval(entry_dir: Path, train: dict[str, Any], val_dir: Path) -> dict[str, Any]:
-    from uhd_core.engine.model_eval import evaluate_model
+    from uhd_core.evaluation import evaluate_model
     from uhd_core.export.api import export_checkpoint
 
     onnx_path = entry_dir / "model.onnx"

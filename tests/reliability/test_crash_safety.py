@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import uhd_core.engine.trainer as trainer_module
+from uhd_core.checkpoint import load_checkpoint
 from uhd_core.engine.api import create_trainer, run_trainer, run_training
-from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.engine.events import Event, StepEnded, read_events
 from uhd_core.engine.signals import stop_on_signals
 from uhd_core.errors import RunDirError, TrainingError
