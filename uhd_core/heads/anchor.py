@@ -36,7 +36,7 @@ from uhd_core.errors import ConfigError
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.box_iou import bbox_iou
 from uhd_core.heads.tracing import traced_min
-from uhd_core.models.blocks import ConvBNAct
+from uhd_core.layers.blocks import ConvBNAct
 
 #: YOLOv5's anchor_t: an anchor matches a box when no side differs by this factor or more.
 ANCHOR_T = 4.0
