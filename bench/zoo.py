@@ -251,10 +251,11 @@ class _Progress:
         self.name, self.every = name, max(1, every)
 
     def __call__(self, event: Any) -> None:
-        kind = type(event).__name__
-        if kind == "EvalFinished" and (event.epoch % self.every == 0 or event.epoch == 1):
+        from uhd_core.engine.events import EvalFinished, RunStarted
+
+        if isinstance(event, EvalFinished) and (event.epoch % self.every == 0 or event.epoch == 1):
             log(f"  {self.name}: epoch {event.epoch} val mAP@0.5 {event.map50:.4f} (best {event.best_map50:.4f})")
-        elif kind == "RunStarted":
+        elif isinstance(event, RunStarted):
             log(f"  {self.name}: {event.params:,} params, {event.num_train} train / {event.num_val} val images, "
                 f"{event.steps_per_epoch} steps/epoch x {event.epochs} epochs")
 
