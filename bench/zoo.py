@@ -229,13 +229,9 @@ def count_macs_torch(checkpoint: Path) -> tuple[int, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    from uhd_core.config import build_config, stored_config
-    from uhd_core.engine.checkpoint import load_checkpoint
-    from uhd_core.models.detector import build_detector
+    from uhd_core.models.loading import load_detector
 
-    ckpt = load_checkpoint(checkpoint)
-    cfg = build_config(None, None, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})
-    model = build_detector(cfg).eval()
+    model, cfg = load_detector(checkpoint)
 
     def cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(q, k, v)
@@ -255,10 +251,11 @@ class _Progress:
         self.name, self.every = name, max(1, every)
 
     def __call__(self, event: Any) -> None:
-        kind = type(event).__name__
-        if kind == "EvalFinished" and (event.epoch % self.every == 0 or event.epoch == 1):
+        from uhd_core.engine.events import EvalFinished, RunStarted
+
+        if isinstance(event, EvalFinished) and (event.epoch % self.every == 0 or event.epoch == 1):
             log(f"  {self.name}: epoch {event.epoch} val mAP@0.5 {event.map50:.4f} (best {event.best_map50:.4f})")
-        elif kind == "RunStarted":
+        elif isinstance(event, RunStarted):
             log(f"  {self.name}: {event.params:,} params, {event.num_train} train / {event.num_val} val images, "
                 f"{event.steps_per_epoch} steps/epoch x {event.epochs} epochs")
 
@@ -336,7 +333,7 @@ def quiet_fds(path: Path):
 
 
 def export_and_eval(entry_dir: Path, train: dict[str, Any], val_dir: Path) -> dict[str, Any]:
-    from uhd_core.engine.model_eval import evaluate_model
+    from uhd_core.evaluation import evaluate_model
     from uhd_core.export.api import export_checkpoint
 
     onnx_path = entry_dir / "model.onnx"

@@ -19,9 +19,9 @@ import torch
 from uhd_core.config import RunConfig, build_config, stored_config
 from uhd_core.data.dataset import images_to_input
 from uhd_core.data.images import INTERPOLATIONS
-from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.errors import CheckpointError, UhdError, bounded, first_line
 from uhd_core.models.detector import Detector, build_detector
+from uhd_core.models.loading import load_detector
 
 
 class Predictor(Protocol):
@@ -137,13 +137,4 @@ def load_predictor(path: str | Path, use_ema: bool | None = None) -> Predictor:
         except Exception as exc:  # noqa: BLE001 - onnx/onnxruntime raise many types for a bad file
             first = first_line(exc)
             raise CheckpointError(f"{path}: cannot be read as an ONNX model ({first[:200]})") from None
-    ckpt = load_checkpoint(path)
-    cfg = build_config(None, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})
-    has_ema = bool(ckpt.get("ema"))
-    state = ckpt["ema"]["module"] if (has_ema if use_ema is None else use_ema) else ckpt["model"]
-    model = build_detector(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
-    return TorchPredictor(model, cfg)
+    return TorchPredictor(*load_detector(path, use_ema))

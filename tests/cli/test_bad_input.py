@@ -203,7 +203,7 @@ ROWS: dict[str, Row] = {
 
 def _tiny_checkpoint(path: Path, **overrides) -> None:
     from uhd_core.config import build_config
-    from uhd_core.engine.checkpoint import save_checkpoint
+    from uhd_core.checkpoint import save_checkpoint
     from uhd_core.models.detector import build_detector
 
     cfg = build_config(None, {"cnn_width": 8, **overrides})
@@ -244,7 +244,7 @@ def paths(tmp_path_factory) -> dict[str, Path]:
     (bad / "truncated.pt").write_bytes(good[: len(good) // 2])
     (bad / "empty.pt").write_bytes(b"")
     # A transformer's config over CNN tensors: loads as a checkpoint, fits no model.
-    from uhd_core.engine.checkpoint import load_checkpoint, save_checkpoint
+    from uhd_core.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(bad / "good.pt")
     ckpt["config"] = build_config(None, {"arch": "transformer"}).model_dump(mode="json")

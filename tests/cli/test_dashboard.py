@@ -30,6 +30,7 @@ from uhd_core.engine.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    Stamped,
     StepEnded,
     machine_facts,
 )
@@ -96,6 +97,11 @@ def as_dicts(events: list[Event]) -> list[dict[str, Any]]:
     return [{"time": T0 + i, **event.to_dict()} for i, event in enumerate(events)]
 
 
+def stamped(events: list[Event]) -> list[Stamped]:
+    """What a source hands the dashboard: the events with the times of as_dicts."""
+    return [Stamped(T0 + i, event) for i, event in enumerate(events)]
+
+
 def write_events(path: Path, events: list[Event]) -> Path:
     path.write_text("".join(json.dumps(d) + "\n" for d in as_dicts(events)), encoding="utf-8")
     return path
@@ -108,14 +114,14 @@ class FakeLiveSource:
     description = "runs/demo"
 
     def __init__(self, events: list[Event]) -> None:
-        self.pending = as_dicts(events)
+        self.pending = stamped(events)
         self.stops = 0
         self.saves = 0
 
     def start(self) -> None:
         pass
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> list[Stamped]:
         events, self.pending = self.pending, []
         return events
 
@@ -148,8 +154,8 @@ def drive(app, script) -> None:
 
 def test_state_reduces_a_run_to_what_the_panels_show():
     state = DashboardState()
-    for event in as_dicts(run_events("centernet", end="finished")):
-        state.apply(event)
+    for item in stamped(run_events("centernet", end="finished")):
+        state.apply(item.event, item.time)
     assert (state.exp_name, state.arch, state.head, state.params, state.img_size) == ("demo", "cnn", "centernet",
                                                                                         123_456, (64, 64))
     assert state.loss_terms == ["loss", "hm", "off", "wh"]
@@ -163,8 +169,8 @@ def test_state_reduces_a_run_to_what_the_panels_show():
 
 def test_eta_comes_from_img_per_s_and_the_steps_left():
     state = DashboardState()
-    for event in as_dicts(run_events(epochs_done=1, epochs=3)):
-        state.apply(event)
+    for item in stamped(run_events(epochs_done=1, epochs=3)):
+        state.apply(item.event, item.time)
     # epoch 1 done, 2 more epochs of STEPS steps at 320 img/s, BATCH images a step
     assert state.steps_remaining() == 2 * STEPS
     assert state.eta_seconds() == pytest.approx(2 * STEPS * BATCH / 320.0)
@@ -175,8 +181,8 @@ def test_eta_comes_from_img_per_s_and_the_steps_left():
 
 def test_a_failed_run_keeps_its_error():
     state = DashboardState()
-    for event in as_dicts(run_events(end="failed")):
-        state.apply(event)
+    for item in stamped(run_events(end="failed")):
+        state.apply(item.event, item.time)
     assert state.ended and not state.finished
     assert state.error.startswith("FloatingPointError") and "Traceback" in state.traceback
 
@@ -227,11 +233,17 @@ def test_file_source_reads_appended_lines_and_waits_for_a_torn_last_line(tmp_pat
     path = tmp_path / "events.jsonl"
     path.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:15], encoding="utf-8")
     source = EventsFileSource(path)
-    assert [e["event"] for e in source.poll()] == ["DataPrepared", "RunStarted"]
+    assert [type(s.event).__name__ for s in source.poll()] == ["DataPrepared", "RunStarted"]
     assert source.poll() == []
     with path.open("a", encoding="utf-8") as fh:
         fh.write(lines[2][15:] + "\n" + "{not json\n" + lines[3] + "\n")
-    assert [e["global_step"] for e in source.poll()] == [1, 2]
+    assert [s.event.global_step for s in source.poll()] == [1, 2]
+
+
+def test_a_replay_hands_over_the_typed_events_that_were_written(tmp_path):
+    events = run_events("anchor", end="finished")
+    got = EventsFileSource(write_events(tmp_path / "events.jsonl", events)).poll()
+    assert got == stamped(events)  # the same Event objects (frozen dataclasses compare by value), same times
 
 
 def test_file_source_of_a_missing_file_has_no_events(tmp_path):

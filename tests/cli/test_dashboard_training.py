@@ -15,8 +15,8 @@ import uhd_core.engine.trainer as trainer_module
 from uhd_cli.dashboard import DashboardApp, LiveTrainingSource, make_dashboard
 from uhd_cli.dashboard.system import SystemStats
 from uhd_cli.main import app as cli
+from uhd_core.checkpoint import load_checkpoint
 from uhd_core.engine.api import create_trainer
-from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.errors import DataError
 
 TIMEOUT_S = 120

@@ -10,7 +10,7 @@ from cli_helpers import WIDE
 from cli_helpers import one_error_line as _one_error_line
 from uhd_cli.main import app
 from uhd_core.engine.api import run_training
-from uhd_core.engine.model_eval import evaluate_model
+from uhd_core.evaluation import evaluate_model
 from uhd_core.export.api import export_checkpoint
 
 

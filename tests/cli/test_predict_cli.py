@@ -12,8 +12,8 @@ import torch
 from cli_helpers import WIDE
 from cli_helpers import one_error_line as _one_error_line
 from uhd_cli.main import app
+from uhd_core.checkpoint import save_checkpoint
 from uhd_core.config import build_config
-from uhd_core.engine.checkpoint import save_checkpoint
 from uhd_core.models.detector import build_detector
 
 

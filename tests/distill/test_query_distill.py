@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from uhd_core.checkpoint import save_checkpoint
 from uhd_core.config import build_config
 from uhd_core.distill.base import cosine_ramp
 from uhd_core.distill.query import QueryDistiller, load_teacher
-from uhd_core.engine.checkpoint import save_checkpoint
 from uhd_core.errors import CheckpointError, ConfigError
 from uhd_core.models.detector import build_detector
 

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from uhd_core.checkpoint import load_checkpoint
 from uhd_core.config import build_config
-from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.engine.distributed import DistContext, EpochTaggedDistributedSampler, close_process_group
 from uhd_core.engine.events import read_events
 from uhd_core.engine.train_state import ForwardWithFeatures

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
+from uhd_core.checkpoint import load_checkpoint
 from uhd_core.config import RunConfig, build_config
 from uhd_core.engine.api import run_training
-from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.errors import ConfigError
 from uhd_core.heads.anchor import AnchorHead
 from uhd_core.models.detector import build_detector

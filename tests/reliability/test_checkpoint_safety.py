@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from uhd_core.engine.checkpoint import CHECKPOINT_FORMAT, atomic_write_bytes, load_checkpoint, save_checkpoint
+from uhd_core.checkpoint import CHECKPOINT_FORMAT, atomic_write_bytes, load_checkpoint, save_checkpoint
 from uhd_core.errors import CheckpointError
 
 
@@ -89,7 +89,7 @@ def test_kill_9_during_a_write_leaves_the_old_file(tmp_path):
     writer = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from uhd_core.engine.checkpoint import atomic_write_bytes\n"
+        "from uhd_core.checkpoint import atomic_write_bytes\n"
         "def slow(fh):\n"
         "    fh.write(b'x' * 4096); fh.flush(); print('half', flush=True); time.sleep(60); fh.write(b'y')\n"
         f"atomic_write_bytes(Path({str(target)!r}), slow)\n"

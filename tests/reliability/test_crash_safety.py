@@ -23,8 +23,8 @@ import torch
 import uhd_core.engine.data_prep as data_prep_module
 import uhd_core.engine.run_dir as run_dir_module
 import uhd_core.engine.saving as saving_module
+from uhd_core.checkpoint import load_checkpoint
 from uhd_core.engine.api import create_trainer, run_trainer, run_training
-from uhd_core.engine.checkpoint import load_checkpoint
 from uhd_core.engine.events import Event, StepEnded, read_events
 from uhd_core.engine.signals import stop_on_signals
 from uhd_core.errors import RunDirError, TrainingError

@@ -40,7 +40,7 @@ from uhd_runner import assert_one_error_line, run_uhd
 
 def _checkpoint(path: Path, *, nan: bool = False, **overrides) -> Path:
     from uhd_core.config import build_config
-    from uhd_core.engine.checkpoint import save_checkpoint
+    from uhd_core.checkpoint import save_checkpoint
     from uhd_core.models.detector import build_detector
 
     cfg = build_config(None, {"cnn_width": 8, "image_dir": str(path.parent / "no_such_data"), **overrides})
@@ -220,7 +220,7 @@ def test_an_existing_json_needs_overwrite(files, command, tmp_path, monkeypatch)
 
 
 def test_eval_checks_a_read_only_json_target_before_evaluating(files, tmp_path, monkeypatch):
-    import uhd_core.engine.model_eval as model_eval
+    import uhd_core.evaluation as model_eval
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("evaluated before --json was checked")

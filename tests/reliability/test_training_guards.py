@@ -27,9 +27,9 @@ import uhd_core.engine.run_dir as run_dir_module
 import uhd_core.engine.saving as saving_module
 import uhd_core.engine.train_state as train_state_module
 import uhd_core.engine.trainer as trainer_module
+from uhd_core.checkpoint import load_checkpoint, save_checkpoint
 from uhd_core.config import RunConfig, build_config
 from uhd_core.engine.api import create_trainer, run_trainer, run_training
-from uhd_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from uhd_core.engine.distributed import DistContext
 from uhd_core.engine.events import EpochEnded, Event, StepEnded, read_events
 from uhd_core.engine.run_lock import LOCK_NAME, RunDirLock

@@ -28,7 +28,7 @@ def eval_model(
     from rich.console import Console
     from rich.table import Table
 
-    from uhd_core.engine.model_eval import evaluate_model
+    from uhd_core.evaluation import evaluate_model
     from uhd_core.outputs import check_output_file, write_output
 
     if json_path is not None:  # before the evaluation: a bad target fails in a second, not after it

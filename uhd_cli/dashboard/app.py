@@ -20,8 +20,9 @@ from textual.widgets import ProgressBar, RichLog, Sparkline, Static
 
 from uhd_cli.console import format_duration
 from uhd_cli.dashboard.sources import EventSource
-from uhd_cli.dashboard.state import DashboardState, log_line
+from uhd_cli.dashboard.state import DashboardState
 from uhd_cli.dashboard.system import GIB, SystemMonitor, SystemStats
+from uhd_core.engine.events import RunFailed, format_event_line
 
 #: Evaluations listed under validation (fewer when the panel is short); older ones scroll out (the
 #: best stays named above them).
@@ -207,13 +208,14 @@ class DashboardApp(App[None]):
         events = self.source.poll()
         if not events:
             return
-        for event in events:
-            self.state.apply(event)
-            line = log_line(event)
+        for stamped in events:
+            event = stamped.event
+            self.state.apply(event, stamped.time)
+            line = format_event_line(event)
             if line is not None:
                 self._log(line)
-            if event.get("event") == "RunFailed" and event.get("traceback"):
-                self._log(event["traceback"])
+            if isinstance(event, RunFailed) and event.traceback:
+                self._log(event.traceback)
         self.show_state()
 
     def _log(self, line: str) -> None:

@@ -1,7 +1,8 @@
 """Where the dashboard's events come from: a trainer running in a worker thread, or an events.jsonl.
 
-Both are polled from the UI thread (``poll()`` returns the event dicts that arrived since the last
-call), so the training thread never waits on the UI and the UI applies a batch per refresh.
+Both are polled from the UI thread (``poll()`` returns the typed events, ``Stamped`` with their
+time, that arrived since the last call), so the training thread never waits on the UI and the UI
+applies a batch per refresh. A file's lines are parsed back into the same Event classes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from uhd_core.engine.events import Event
+from uhd_core.engine.events import Event, Stamped, stamped_from_dict
 
 
 class EventSource(Protocol):
@@ -25,7 +26,7 @@ class EventSource(Protocol):
 
     def start(self) -> None: ...
 
-    def poll(self) -> list[dict[str, Any]]: ...
+    def poll(self) -> list[Stamped]: ...
 
     def stop(self) -> None: ...
 
@@ -46,13 +47,13 @@ class LiveTrainingSource:
         self.description = str(trainer.run_dir)
         self.result: Any = None
         self.error: BaseException | None = None
-        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._train, name="uhd-train", daemon=True)
         trainer.bus.subscribe(self._enqueue)
 
     def _enqueue(self, event: Event) -> None:
-        # Stamped like events.jsonl lines, so live and replayed runs are the same dicts.
-        self._queue.put({"time": round(self.clock(), 3), **event.to_dict()})
+        # Stamped like events.jsonl lines (rounded alike), so live and replayed runs look the same.
+        self._queue.put(Stamped(round(self.clock(), 3), event))
 
     def _train(self) -> None:
         try:
@@ -63,7 +64,7 @@ class LiveTrainingSource:
     def start(self) -> None:
         self._thread.start()
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> list[Stamped]:
         events = []
         while True:
             try:
@@ -88,7 +89,8 @@ class EventsFileSource:
     """Tails an events.jsonl: everything written so far on the first poll, then appended lines.
 
     A line without its newline yet (being written, or torn by a crash) waits for the next poll;
-    lines that are not JSON are skipped, as read_events does.
+    lines that are not JSON, or no event this version reads, are skipped (as read_events skips
+    torn lines).
     """
 
     controls_training = False
@@ -102,7 +104,7 @@ class EventsFileSource:
     def start(self) -> None:
         """Nothing to start: the file is written by another process, or not at all."""
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> list[Stamped]:
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self._offset)
@@ -117,8 +119,9 @@ class EventsFileSource:
                 event = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
-            if isinstance(event, dict):
-                events.append(event)
+            stamped = stamped_from_dict(event) if isinstance(event, dict) else None
+            if stamped is not None:
+                events.append(stamped)
         return events
 
     def stop(self) -> None:

@@ -1,44 +1,31 @@
-"""What the dashboard shows, as a plain reducer over event dicts: testable without Textual.
+"""What the dashboard shows, as a plain reducer over typed events: testable without Textual.
 
-Event dicts are ``Event.to_dict()`` plus a ``"time"`` stamp, the shape of one events.jsonl line, so a
-live run and a replayed file feed the same ``DashboardState.apply``.
+A live run hands over the trainer's Event objects, a replay the ones ``stamped_from_dict`` parses
+back from events.jsonl lines, each with its time (``Stamped``), so both feed the same
+``DashboardState.apply(event, time)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from uhd_core.engine import events as event_types
-from uhd_core.engine.events import Event, format_event_line
+from uhd_core.engine.events import (
+    CheckpointSaved,
+    DataPrepared,
+    DecodeProgressed,
+    EvalFinished,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepEnded,
+    format_event_line,
+)
 
 #: Loss values kept per term for the plots; older steps scroll out of the sparkline.
 HISTORY_STEPS = 2000
-
-_EVENT_CLASSES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in vars(event_types).values()
-    if isinstance(cls, type) and issubclass(cls, Event) and cls is not Event
-}
-
-
-def event_from_dict(data: dict[str, Any]) -> Event | None:
-    """The Event a dict (or events.jsonl line) describes; None for unknown or incomplete ones."""
-    cls = _EVENT_CLASSES.get(data.get("event", ""))
-    if cls is None:
-        return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError:  # a line written by another version of uhd
-        return None
-
-
-def log_line(data: dict[str, Any]) -> str | None:
-    """The plain train.log line of an event dict (format_event_line), for the log pane."""
-    event = event_from_dict(data)
-    return format_event_line(event) if event is not None else None
 
 
 @dataclass
@@ -101,64 +88,60 @@ class DashboardState:
     def ended(self) -> bool:
         return self.finished or bool(self.error)
 
-    def apply(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is not None:
-            handler(event)
+    def apply(self, event: Event, time: float | None = None) -> None:
+        """Update from one event; ``time``: when it was emitted (epoch seconds), None if unknown."""
+        match event:
+            case DecodeProgressed():
+                self.decode_done, self.decode_total = event.done, event.total
+            case DataPrepared():
+                self.data_line = format_event_line(event) or ""
+            case RunStarted():
+                self._run_started(event, time)
+            case StepEnded():
+                self._step_ended(event)
+            case EvalFinished():
+                self.evals.append(EvalRow(event.epoch, event.map50))
+                if self.best_map50 is None or event.map50 > self.best_map50:
+                    self.best_map50, self.best_epoch = event.map50, event.epoch
+                if event.render_dir:
+                    self.render_dir = event.render_dir
+            case CheckpointSaved():
+                self.latest_checkpoint = event.path
+                if event.kind == "best":
+                    self.best_checkpoint = event.path
+            case RunFinished():
+                self.finished, self.stopped_early = True, event.stopped_early
+                self.ended_at = time
+                if self.started_at is not None and self.ended_at is None:
+                    self.ended_at = self.started_at + event.seconds
+            case RunFailed():
+                self.error, self.traceback = event.error, event.traceback
+                self.ended_at = time
 
-    def _on_DecodeProgressed(self, e: dict[str, Any]) -> None:
-        self.decode_done, self.decode_total = e["done"], e["total"]
-
-    def _on_DataPrepared(self, e: dict[str, Any]) -> None:
-        self.data_line = log_line(e) or ""
-
-    def _on_RunStarted(self, e: dict[str, Any]) -> None:
+    def _run_started(self, e: RunStarted, time: float | None) -> None:
         # A resumed run appends to the same events.jsonl: a new RunStarted reopens the run but keeps
         # the loss history and evals of the epochs before it.
         for name in ("exp_name", "preset", "arch", "head", "params", "device", "num_train", "num_val",
                      "batch_size", "run_dir", "resumed_from", "epochs", "steps_per_epoch"):
-            setattr(self, name, e[name])
-        self.img_size = tuple(e["img_size"])
-        self.machine = dict(e.get("machine") or {})  # absent in events.jsonl of older uhd versions
-        self.epoch, self.step = e["start_epoch"], 0
-        self.loss_terms = list(e["loss_terms"])
+            setattr(self, name, getattr(e, name))
+        self.img_size = tuple(e.img_size)
+        self.machine = dict(e.machine or {})  # empty for events.jsonl of older uhd versions
+        self.epoch, self.step = e.start_epoch, 0
+        self.loss_terms = list(e.loss_terms)
         for name in self.loss_terms:
             self.history.setdefault(name, deque(maxlen=HISTORY_STEPS))
-        self.started, self.started_at, self.ended_at = True, e.get("time"), None
+        self.started, self.started_at, self.ended_at = True, time, None
         self.finished = self.stopped_early = self.stop_requested = False
         self.error = self.traceback = ""
 
-    def _on_StepEnded(self, e: dict[str, Any]) -> None:
-        self.epoch, self.step, self.steps_per_epoch = e["epoch"], e["step"], e["steps_per_epoch"]
-        self.global_step, self.lr, self.imgs_per_s = e["global_step"], e["lr"], e["imgs_per_s"]
-        self.losses = dict(e["losses"])
+    def _step_ended(self, e: StepEnded) -> None:
+        self.epoch, self.step, self.steps_per_epoch = e.epoch, e.step, e.steps_per_epoch
+        self.global_step, self.lr, self.imgs_per_s = e.global_step, e.lr, e.imgs_per_s
+        self.losses = dict(e.losses)
         for name, value in self.losses.items():
             if name not in self.loss_terms:  # a term RunStarted did not announce is still shown
                 self.loss_terms.append(name)
             self.history.setdefault(name, deque(maxlen=HISTORY_STEPS)).append(value)
-
-    def _on_EvalFinished(self, e: dict[str, Any]) -> None:
-        self.evals.append(EvalRow(e["epoch"], e["map50"]))
-        if self.best_map50 is None or e["map50"] > self.best_map50:
-            self.best_map50, self.best_epoch = e["map50"], e["epoch"]
-        if e.get("render_dir"):
-            self.render_dir = e["render_dir"]
-
-    def _on_CheckpointSaved(self, e: dict[str, Any]) -> None:
-        self.latest_checkpoint = e["path"]
-        if e["kind"] == "best":
-            self.best_checkpoint = e["path"]
-
-    def _on_RunFinished(self, e: dict[str, Any]) -> None:
-        self.finished, self.stopped_early = True, e.get("stopped_early", False)
-        self.ended_at = e.get("time")
-        if self.started_at is not None and self.ended_at is None:
-            self.ended_at = self.started_at + e["seconds"]
-
-    def _on_RunFailed(self, e: dict[str, Any]) -> None:
-        self.error, self.traceback = e["error"], e.get("traceback", "")
-        self.ended_at = e.get("time")
 
     # -- derived values ---------------------------------------------------------------------------
     def steps_remaining(self) -> int:

@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from uhd_core.augment._params import as_float, as_int_pair, as_pair
+from uhd_core.augment.boxes import clip01
 from uhd_core.augment.photometric import _albumentations
 from uhd_core.augment.registry import AugOp, register_augment_op
 
@@ -57,12 +58,6 @@ Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # The original drops boxes whose normalized area falls under this after a crop.
 _MIN_CROP_AREA = 1e-6
-
-
-def _clip01(boxes: np.ndarray) -> np.ndarray:
-    np.minimum(boxes, 1.0, out=boxes)
-    np.maximum(boxes, 0.0, out=boxes)
-    return boxes
 
 
 def _resize_crop(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -99,7 +94,7 @@ class _RandomCrop:
             cw, ch = x1 - x0, y1 - y0
             out = boxes * np.array([w / cw, h / ch, w / cw, h / ch], dtype=np.float32)
             out -= np.array([x0 / cw, y0 / ch, x0 / cw, y0 / ch], dtype=np.float32)
-            boxes = _clip01(out)
+            boxes = clip01(out)
             wh = boxes[:, 2:] - boxes[:, :2]
             keep = wh[:, 0] * wh[:, 1] >= _MIN_CROP_AREA
             if not keep.all():
@@ -155,8 +150,8 @@ class _RandomResizedCrop:
             cw, ch = x1 - x0, y1 - y0
             out = inter[keep] - np.float32([x0, y0, x0, y0])
             out *= np.array([1.0 / cw, 1.0 / ch, 1.0 / cw, 1.0 / ch], dtype=np.float32)
-            return _resize_crop(image, x0, y0, x1, y1), _clip01(out), labels[keep]
-        return image, _clip01(boxes.copy()), labels  # no window keeps a box: the sample stays as it is
+            return _resize_crop(image, x0, y0, x1, y1), clip01(out), labels[keep]
+        return image, clip01(boxes.copy()), labels  # no window keeps a box: the sample stays as it is
 
 
 @register_augment_op("RandomResizedCrop")

@@ -18,17 +18,11 @@ import cv2
 import numpy as np
 
 from uhd_core.augment._params import as_bool, as_fill, as_float, as_int, as_pair
+from uhd_core.augment.boxes import clip01
 from uhd_core.augment.errors import AugmentConfigError
 from uhd_core.augment.registry import AugOp, register_augment_op
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def _clip01(boxes: np.ndarray) -> np.ndarray:
-    # minimum/maximum with out=: ~3x cheaper than np.clip's Python wrapper on a few boxes.
-    np.minimum(boxes, 1.0, out=boxes)
-    np.maximum(boxes, 0.0, out=boxes)
-    return boxes
 
 
 def _parse_class_swap_map(value: Any) -> dict[int, int]:
@@ -110,7 +104,7 @@ def _affine_boxes(boxes: np.ndarray, ax: float, bx: float, ay: float, by: float)
     """``x' = ax * x + bx``, ``y' = ay * y + by`` on normalized xyxy (ax, ay > 0), clipped to 0..1."""
     out = boxes * np.array([ax, ay, ax, ay], dtype=np.float32)
     out += np.array([bx, by, bx, by], dtype=np.float32)
-    return _clip01(out)
+    return clip01(out)
 
 
 class _RandomScale:

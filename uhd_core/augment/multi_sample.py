@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from uhd_core.augment._params import as_int, as_pair
+from uhd_core.augment.boxes import clip01
 from uhd_core.augment.registry import AugOp, SampleSource, register_augment_op
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -52,12 +53,6 @@ Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
 _MIN_AREA = 1e-6
 # Slack for float32 rounding when box corners on whole pixels are turned back into pixel indices.
 _PIXEL_EPS = 1e-3
-
-
-def _clip01(boxes: np.ndarray) -> np.ndarray:
-    np.minimum(boxes, 1.0, out=boxes)
-    np.maximum(boxes, 0.0, out=boxes)
-    return boxes
 
 
 def _drop_tiny(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +113,7 @@ class _Mosaic:
         ]
         if not moved:
             return out, np.zeros((0, 4), dtype=np.float32), labels[:0]
-        out_boxes = _clip01(np.concatenate(moved).astype(np.float32, copy=False))
+        out_boxes = clip01(np.concatenate(moved).astype(np.float32, copy=False))
         out_labels = np.concatenate([lb for _, bx, lb in samples if len(bx)]).astype(np.int64, copy=False)
         out_boxes, out_labels = _drop_tiny(out_boxes, out_labels)
         return out, out_boxes, out_labels
@@ -148,7 +143,7 @@ class _MixUp:
         other, other_boxes, other_labels = _draw(source, rng, h, w)
         # Rounded and saturated in one pass (cv2.addWeighted into a new uint8 array).
         out = cv2.addWeighted(image, _MIXUP_LAMBDA, other, 1.0 - _MIXUP_LAMBDA, 0.0)
-        out_boxes = _clip01(np.concatenate((boxes, other_boxes)).astype(np.float32, copy=False))
+        out_boxes = clip01(np.concatenate((boxes, other_boxes)).astype(np.float32, copy=False))
         out_labels = np.concatenate((labels, other_labels)).astype(np.int64, copy=False)
         return out, out_boxes, out_labels
 
@@ -204,9 +199,9 @@ class _CopyPaste:
                 new_boxes.append((ox, oy, ox + vis_w, oy + vis_h))
                 new_labels.append(label)
         if not new_boxes:
-            return image, _clip01(boxes.copy()), labels
+            return image, clip01(boxes.copy()), labels
         added = np.array(new_boxes, dtype=np.float32) / np.array([w, h, w, h], dtype=np.float32)
-        out_boxes = _clip01(np.concatenate((boxes, added)).astype(np.float32, copy=False))
+        out_boxes = clip01(np.concatenate((boxes, added)).astype(np.float32, copy=False))
         out_labels = np.concatenate((labels, np.array(new_labels, dtype=np.int64)))
         out_boxes, out_labels = _drop_tiny(out_boxes, out_labels)
         return out, out_boxes, out_labels

@@ -28,10 +28,12 @@ from uhd_core.augment import geometric, photometric, unimplemented  # noqa: F401
 from uhd_core.augment._params import as_float
 from uhd_core.augment.errors import AugmentConfigError, AugmentConfigNotFoundError, UnknownAugmentOpError
 from uhd_core.augment.registry import AUGMENT_OP_INFO, AUGMENT_OPS
+from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG
 from uhd_core.yaml_io import YamlRefused, load_yaml
 
-#: The original tool's default path; it names the built-in default config here.
-ORIGINAL_DEFAULT_PATH = "uhd/aug.yaml"
+#: The original tool's default path; it names the built-in default config here (defined once, with
+#: the --aug-config default it is, in uhd_core.config).
+ORIGINAL_DEFAULT_PATH = ORIGINAL_DEFAULT_AUG_CONFIG
 DEFAULT_CONFIG_RESOURCE = "default.yaml"
 #: Built-in configs by the name a YAML/flag uses -> package resource in uhd_core/augment/.
 BUILTIN_CONFIGS = {ORIGINAL_DEFAULT_PATH: DEFAULT_CONFIG_RESOURCE, "uhd/aug_tiny.yaml": "tiny.yaml"}

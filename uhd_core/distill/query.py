@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from uhd_core.config import RunConfig, build_config, stored_config
+from uhd_core.checkpoint import load_checkpoint
+from uhd_core.config import RunConfig
 from uhd_core.distill.base import DISTILLERS, Distiller
-from uhd_core.engine.checkpoint import load_checkpoint
-from uhd_core.errors import CheckpointError, ConfigError
+from uhd_core.errors import CheckpointError, ConfigError, UhdError, first_line
 from uhd_core.heads.box_iou import bbox_iou
 from uhd_core.heads.matching import match_queries
-from uhd_core.models.detector import Detector, build_detector
+from uhd_core.models.detector import Detector
+from uhd_core.models.loading import CLEARED_ON_LOAD, build_with_weights, checkpoint_config, checkpoint_weights
 
 #: RunConfig field of the student -> the teacher field it overrides when set.
 TEACHER_OVERRIDES = {
@@ -44,13 +45,20 @@ def teacher_config(cfg: RunConfig, stored: dict) -> RunConfig:
     """The teacher's config: the one stored in its checkpoint, with the --teacher-* flags on top."""
     overrides = {dst: getattr(cfg, src) for src, dst in TEACHER_OVERRIDES.items()
                  if getattr(cfg, src) not in ("", None)}
-    return build_config(None, overrides, base={**stored, "ckpt": "", "resume": "", "teacher_ckpt": ""})
+    return checkpoint_config({"config": stored}, overrides, clear=(*CLEARED_ON_LOAD, "teacher_ckpt"))
+
+
+def _teacher_does_not_fit(path: str, exc: Exception) -> UhdError:
+    if isinstance(exc, ValueError):  # the --teacher-* overrides describe no buildable model
+        return ConfigError(f"--teacher-ckpt {path}: {exc}")
+    return CheckpointError(f"--teacher-ckpt {path} does not match the teacher architecture ({first_line(exc)}); "
+                           "check the --teacher-* overrides")
 
 
 def load_teacher(cfg: RunConfig) -> tuple[Detector, RunConfig]:
     """Build the teacher from --teacher-ckpt (EMA weights when the checkpoint has them), frozen, in eval mode."""
     ckpt = load_checkpoint(cfg.teacher_ckpt)
-    tcfg = teacher_config(cfg, stored_config(ckpt["config"]))
+    tcfg = teacher_config(cfg, ckpt["config"])
     if tcfg.arch != "transformer":
         raise ConfigError(f"--teacher-ckpt {cfg.teacher_ckpt}: a {tcfg.arch} teacher cannot be distilled per query; "
                           "it must be a transformer checkpoint")
@@ -62,19 +70,8 @@ def load_teacher(cfg: RunConfig) -> tuple[Detector, RunConfig]:
                           f"{cfg.num_queries}; --distill-query-match index pairs queries by position and needs equal "
                           "counts (use --distill-query-match hungarian, or --num-queries "
                           f"{tcfg.num_queries})")
-    try:
-        teacher = build_detector(tcfg)
-    except ValueError as exc:
-        raise ConfigError(f"--teacher-ckpt {cfg.teacher_ckpt}: {exc}") from None
-    state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
-    try:
-        teacher.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"--teacher-ckpt {cfg.teacher_ckpt} does not match the teacher architecture "
-            f"({str(exc).splitlines()[0]}); check the --teacher-* overrides"
-        ) from None
-    teacher.eval()
+    state, _ = checkpoint_weights(ckpt, cfg.teacher_ckpt)  # EMA weights when it has them
+    teacher = build_with_weights(tcfg, state, lambda exc: _teacher_does_not_fit(cfg.teacher_ckpt, exc))  # eval mode
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher, tcfg

@@ -230,6 +230,43 @@ def close_quietly(fh: Any) -> None:
         pass  # CPython closes the descriptor even when the final flush fails
 
 
+@dataclass(frozen=True)
+class Stamped:
+    """An event and when it was emitted (epoch seconds; events.jsonl's ``"time"``; None: not known)."""
+
+    time: float | None
+    event: Event
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Event class name (events.jsonl's ``"event"``) -> class, for every Event defined in this module."""
+    return {cls.__name__: cls for cls in globals().values()
+            if isinstance(cls, type) and issubclass(cls, Event) and cls is not Event}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event | None:
+    """The typed Event of an ``Event.to_dict()`` (an events.jsonl line); None for a line this version
+    cannot read (unknown event, a required field missing). Keys it does not know are ignored and
+    missing fields with defaults take them, so lines of older and newer runs replay."""
+    cls = event_types().get(str(data.get("event", "")))
+    if cls is None:
+        return None
+    values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    if cls is RunStarted:
+        values.setdefault("machine", {})  # an older run's line: not the facts of the machine replaying it
+    try:
+        return cls(**values)
+    except TypeError:
+        return None
+
+
+def stamped_from_dict(data: dict[str, Any]) -> Stamped | None:
+    """An events.jsonl line -> Stamped(time, typed event), or None (see event_from_dict)."""
+    event = event_from_dict(data)
+    time_ = data.get("time")
+    return None if event is None else Stamped(time_ if isinstance(time_, (int, float)) else None, event)
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     events = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():

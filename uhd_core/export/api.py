@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uhd_core.config import build_config, check_img_size_fits_stride, stored_config
-from uhd_core.engine.checkpoint import load_checkpoint
+from uhd_core.checkpoint import load_checkpoint
+from uhd_core.config import check_img_size_fits_stride
 from uhd_core.errors import CheckpointError, ConfigError, first_line
 from uhd_core.export.onnx_export import ExportReport, export_onnx, non_finite_tensors, ort_source, verify_onnx
-from uhd_core.models.detector import build_detector
+from uhd_core.models.loading import build_with_weights, checkpoint_config, checkpoint_weights, weights_do_not_fit
 from uhd_core.outputs import check_output_file, move_output, opencv_path, temp_path_for
 
 VERIFY_TOL = 1e-4
@@ -136,23 +136,12 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
     check_output_file(out, flag="--output", overwrite=overwrite, inputs=[checkpoint])
     # A failed verification replaces an older .unverified file of the same export, never the input.
     check_output_file(unverified_path(out), flag="--output", overwrite=True, inputs=[checkpoint])
-    overrides = {"arch": arch} if arch else {}
-    cfg = build_config(None, overrides, base={**stored_config(ckpt["config"]), "resume": "", "ckpt": ""})
+    cfg = checkpoint_config(ckpt, {"arch": arch} if arch else {})
     size = tuple(img_size) if img_size else tuple(cfg.img_size)
     if img_size:  # the training size itself is exported as trained, whatever it is
         check_img_size_fits_stride(cfg, size)
-    has_ema = bool(ckpt.get("ema"))
-    if use_ema and not has_ema:
-        raise ConfigError(f"--use-ema: {checkpoint} holds no EMA weights (trained without --use-ema)")
-    used_ema = has_ema if use_ema is None else use_ema
-    state = ckpt["ema"]["module"] if used_ema else ckpt["model"]
-    try:
-        model = build_detector(cfg)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{checkpoint}: weights do not fit the stored config"
-                              f"{' with --arch ' + arch if arch else ''} ({str(exc).splitlines()[0]})") from None
-    model.eval()
+    state, used_ema = checkpoint_weights(ckpt, checkpoint, use_ema)
+    model = build_with_weights(cfg, state, weights_do_not_fit(str(checkpoint), f" with --arch {arch}" if arch else ""))
 
     tmp = temp_path_for(out)
     try:

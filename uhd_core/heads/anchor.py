@@ -40,7 +40,7 @@ from uhd_core.errors import ConfigError, DataError
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.box_iou import bbox_iou
 from uhd_core.heads.tracing import traced_min
-from uhd_core.models.blocks import ConvBNAct
+from uhd_core.layers.blocks import ConvBNAct
 
 #: YOLOv5's anchor_t: an anchor matches a box when no side differs by this factor or more.
 ANCHOR_T = 4.0
@@ -228,26 +228,34 @@ class AnchorHead(DetectorHead):
 
 
 def decode_anchor(box: torch.Tensor, scores: torch.Tensor, topk: int, nms_iou: float = NMS_IOU) -> torch.Tensor:
-    """box (B, N, 4) cxcywh, scores (B, N, C) -> (B, K, 6) score, class, cx, cy, w, h.
+    """box (B, N, 4) cxcywh, scores (B, N, C) -> (B, K, 6) score, class, cx, cy, w, h (``fast_nms``)."""
+    b, n, c = scores.shape
+    return fast_nms(box, scores.reshape(b, n * c), c, topk, nms_iou)
+
+
+def fast_nms(box: torch.Tensor, flat_scores: torch.Tensor, num_classes: int, topk: int,
+             nms_iou: float = NMS_IOU) -> torch.Tensor:
+    """box (B, N, 4) cxcywh, flat_scores (B, N*C) at index row*C + class -> (B, K, 6) score, class, cx,
+    cy, w, h by descending score; K = min(topk, min(N*C, NMS_CANDIDATES_PER_DET * topk)).
 
     Top ``NMS_CANDIDATES_PER_DET * topk`` (box, class) pairs, then class-aware *Fast NMS* (YOLACT):
     a candidate is dropped when a higher-scoring candidate of the same class overlaps it by IoU >
     nms_iou — even if that one was itself dropped, so it can suppress slightly more than greedy NMS,
-    but it is one batched matrix op with no data-dependent loop (traceable for export).
+    but it is one batched matrix op with no data-dependent loop. Candidate counts come from
+    ``traced_min`` and the "higher-scoring" mask from candidate positions, so one implementation
+    serves eager decoding and dynamic-shape export (sizes stay symbolic while tracing).
     """
-    b, n, c = scores.shape
-    pre = min(n * c, NMS_CANDIDATES_PER_DET * topk)
-    cand_scores, flat = scores.reshape(b, n * c).topk(pre, dim=1)  # sorted, descending
-    cls = flat % c
-    loc = torch.div(flat, c, rounding_mode="floor")
-    cand_box = box.gather(1, loc[..., None].expand(-1, -1, 4))  # (B, P, 4)
+    cand_scores, flat = flat_scores.topk(traced_min(flat_scores, NMS_CANDIDATES_PER_DET * topk, 1), dim=1)
+    cls = flat % num_classes
+    loc = torch.div(flat, num_classes, rounding_mode="floor")
+    cand_box = box.gather(1, loc[..., None].expand(-1, -1, 4))  # (B, P, 4), sorted by score
     iou = bbox_iou(cand_box[:, :, None, :], cand_box[:, None, :, :], "iou")  # (B, P, P)
     same = cls[:, :, None] == cls[:, None, :]
-    higher = torch.ones(pre, pre, dtype=torch.bool, device=box.device).triu(1)  # row j suppresses col i > j
+    pos = torch.arange(torch._shape_as_tensor(cand_scores)[1], device=box.device)
+    higher = pos[:, None] < pos[None, :]  # row j suppresses column i > j (candidates are sorted)
     suppressed = ((iou > nms_iou) & same & higher).any(dim=1)  # (B, P)
     kept = cand_scores * (~suppressed).to(cand_scores.dtype)
-    k = min(topk, pre)
-    out_scores, order = kept.topk(k, dim=1)
+    out_scores, order = kept.topk(traced_min(kept, topk, 1), dim=1)
     out_cls = cls.gather(1, order).to(box.dtype)
     out_box = cand_box.gather(1, order[..., None].expand(-1, -1, 4))
     return torch.cat([out_scores[..., None], out_cls[..., None], out_box], dim=-1)
@@ -256,8 +264,8 @@ def decode_anchor(box: torch.Tensor, scores: torch.Tensor, topk: int, nms_iou: f
 def decode_anchor_traceable(head: AnchorHead, pred: torch.Tensor, topk: int, nms_iou: float = NMS_IOU) -> torch.Tensor:
     """pred (B, K*(5+C), H, W) -> (B, N, 6); the math of AnchorHead.decode_boxes + decode_anchor.
 
-    Grid coordinates come from the traced shape and Fast NMS's "higher-scoring" mask from candidate
-    positions, so H, W and the candidate count stay symbolic. N = min(topk, min(K*H*W*C, 4*topk)).
+    Grid coordinates come from the traced shape, so H and W stay symbolic; the NMS is ``fast_nms``.
+    N = min(topk, min(K*H*W*C, 4*topk)).
     """
     c = head.num_classes
     pred = pred.float()
@@ -279,20 +287,7 @@ def decode_anchor_traceable(head: AnchorHead, pred: torch.Tensor, topk: int, nms
     box = torch.stack([v.flatten(1) for v in coords], dim=-1)  # (B, K*H*W, 4), row k*H*W + y*W + x
     cls_prob = torch.stack([torch.sigmoid(f) for f in field[5:]], dim=-1)  # (B, K, H, W, C)
     flat_scores = (torch.sigmoid(field[4])[..., None] * cls_prob).flatten(1)  # (B, K*H*W*C), row*C + class
-    cand_scores, flat = flat_scores.topk(traced_min(flat_scores, NMS_CANDIDATES_PER_DET * topk, 1), dim=1)
-    cls = flat % c
-    loc = torch.div(flat, c, rounding_mode="floor")
-    cand_box = box.gather(1, loc[..., None].expand(-1, -1, 4))  # (B, P, 4)
-    iou = bbox_iou(cand_box[:, :, None, :], cand_box[:, None, :, :], "iou")  # (B, P, P)
-    same = cls[:, :, None] == cls[:, None, :]
-    pos = torch.arange(torch._shape_as_tensor(cand_scores)[1], device=pred.device)
-    higher = pos[:, None] < pos[None, :]  # row j suppresses column i > j (candidates are sorted)
-    suppressed = ((iou > nms_iou) & same & higher).any(dim=1)
-    kept = cand_scores * (~suppressed).to(cand_scores.dtype)
-    out_scores, order = kept.topk(traced_min(kept, topk, 1), dim=1)
-    out_cls = cls.gather(1, order).to(box.dtype)
-    out_box = cand_box.gather(1, order[..., None].expand(-1, -1, 4))
-    return torch.cat([out_scores[..., None], out_cls[..., None], out_box], dim=-1)
+    return fast_nms(box, flat_scores, c, topk, nms_iou)
 
 
 def fit_config_anchors(cfg: RunConfig, train_boxes: Sequence[np.ndarray]) -> RunConfig:

@@ -17,7 +17,7 @@ from torch import nn
 from uhd_core.config import RunConfig
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.tracing import traced_min
-from uhd_core.models.blocks import ConvBNAct
+from uhd_core.layers.blocks import ConvBNAct
 
 #: CenterNet's weight of the size term (sizes are in feature cells, so they dwarf the offsets).
 WH_LOSS_WEIGHT = 0.1

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uhd_core.config import RunConfig
-from uhd_core.models.blocks import ConvBNAct, DepthwiseSeparable, make_se
+from uhd_core.layers.blocks import ConvBNAct, DepthwiseSeparable, make_se
 from uhd_core.models.registry import BACKBONES
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uhd_core.config import RunConfig
-from uhd_core.models.blocks import ConvBNAct, DepthwiseSeparable
+from uhd_core.layers.blocks import ConvBNAct, DepthwiseSeparable, make_activation
 from uhd_core.models.registry import BACKBONES
 
 #: Token layouts for --use-fpn: the strides whose feature maps become encoder tokens.
@@ -88,13 +88,10 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
-def _activation(name: str) -> nn.Module:
-    return nn.SiLU() if name == "swish" else nn.ReLU()
-
-
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, dim_feedforward: int, activation: str) -> None:
-        super().__init__(nn.Linear(d_model, dim_feedforward), _activation(activation),
+        # out of place, as it was trained and exported before the activation was shared with the CNN
+        super().__init__(nn.Linear(d_model, dim_feedforward), make_activation(activation, inplace=False),
                          nn.Linear(dim_feedforward, d_model))
 
 

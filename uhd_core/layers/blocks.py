@@ -1,4 +1,4 @@
-"""Small building blocks shared by the CNN backbones."""
+"""Small convolutional building blocks shared by backbones and heads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from torch import nn
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU}
 
 
-def make_activation(name: str) -> nn.Module:
-    return ACTIVATIONS[name](inplace=True)
+def make_activation(name: str, inplace: bool = True) -> nn.Module:
+    """``name``: "relu" | "swish" (the RunConfig ``activation`` values)."""
+    return ACTIVATIONS[name](inplace=inplace)
 
 
 class ConvBNAct(nn.Sequential):
