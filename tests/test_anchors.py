@@ -16,11 +16,11 @@ from uhd_core.anchors import (
     fit_anchors,
     format_anchor_string,
     kmeans_anchors,
-    load_box_sizes,
     parse_anchor_string,
     ratio_metric,
     wh_iou,
 )
+from uhd_core.data.dataset import load_box_sizes
 from uhd_core.errors import ConfigError, DataError
 
 CENTRES = np.array([[0.05, 0.10], [0.20, 0.40], [0.60, 0.50]])

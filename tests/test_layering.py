@@ -21,10 +21,10 @@ CORE = REPO / "uhd_core"
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("uhd_core", "uhd_core.errors", "uhd_core.registry", "uhd_core.outputs", "uhd_core.yaml_io",
                 "uhd_core.config", "uhd_core.checkpoint")),
-    ("layers", ("uhd_core.layers",)),
+    ("layers", ("uhd_core.layers", "uhd_core.anchors")),
     ("heads", ("uhd_core.heads",)),
     ("models", ("uhd_core.models",)),
-    ("data", ("uhd_core.data", "uhd_core.augment", "uhd_core.metrics", "uhd_core.anchors")),
+    ("data", ("uhd_core.data", "uhd_core.augment", "uhd_core.metrics")),
     ("inference", ("uhd_core.inference", "uhd_core.evaluation", "uhd_core.predict", "uhd_core.export",
                    "uhd_core.distill")),
     ("engine", ("uhd_core.engine",)),

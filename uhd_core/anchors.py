@@ -14,12 +14,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uhd_core.errors import ConfigError, DataError
+from uhd_core.errors import ConfigError
 
 #: A box is matched by an anchor when ratio_metric > 1 / ANCHOR_T (YOLOv5's anchor_t).
 ANCHOR_T = 4.0
@@ -258,27 +257,3 @@ def box_sizes(boxes: Sequence[np.ndarray]) -> np.ndarray:
     if not nonempty:
         return np.zeros((0, 2), dtype=np.float64)
     return np.concatenate(nonempty, axis=0)[:, 2:4].astype(np.float64)
-
-
-def load_box_sizes(image_dir: Path, classes: tuple[int, ...] = (0,), *, train_split_only: bool = False,
-                   train_split: float = 0.8, val_split: float = 0.2, seed: int = 42) -> np.ndarray:
-    """Normalized (w, h) of every box of ``classes`` in a YOLO folder: (N, 2) float64.
-
-    With ``train_split_only`` only the training images of the split `uhd train` would make with the
-    same ``train_split``/``val_split``/``seed`` are used. Raises DataError for a missing folder or
-    when no box of ``classes`` is found.
-    """
-    from uhd_core.data.dataset import scan_yolo_folder, split_files
-
-    index = scan_yolo_folder(Path(image_dir), tuple(classes))
-    boxes = index.boxes
-    if train_split_only and index.files:
-        train, _ = split_files(index.files, train_split, val_split, seed)
-        keep = set(train)
-        boxes = [b for f, b in zip(index.files, index.boxes) if f in keep]
-    wh = box_sizes(boxes)
-    if len(wh) == 0:
-        which = "training split of " if train_split_only else ""
-        cls = ",".join(map(str, classes))
-        raise DataError(f"no boxes of --classes {cls} in the {which}{index.num_scanned} images of {index.root}")
-    return wh

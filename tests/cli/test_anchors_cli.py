@@ -8,7 +8,8 @@ import pytest
 
 from cli_helpers import one_error_line as _one_error_line
 from uhd_cli.main import app
-from uhd_core.anchors import anchor_report, fit_anchors, format_anchor_string, load_box_sizes, parse_anchor_string
+from uhd_core.anchors import anchor_report, fit_anchors, format_anchor_string, parse_anchor_string
+from uhd_core.data.dataset import load_box_sizes
 
 GIVEN = "0.08,0.10 0.15,0.20"
 

@@ -36,6 +36,7 @@ def anchors(
     from rich.table import Table
 
     from uhd_core import anchors as core
+    from uhd_core.data.dataset import load_box_sizes
     from uhd_core.outputs import check_output_file, write_output
 
     if not auto and given is None:
@@ -44,7 +45,7 @@ def anchors(
         check_output_file(json_path, flag="--json", overwrite=overwrite, input_dirs=[image_dir])
     cfg = build_config(overrides={"classes": classes, "img_size": img_size, "seed": seed})
     given_arr = core.parse_anchor_string(given) if given is not None else None
-    wh = core.load_box_sizes(image_dir, cfg.classes, train_split_only=train_split_only,
+    wh = load_box_sizes(image_dir, cfg.classes, train_split_only=train_split_only,
                              train_split=cfg.train_split, val_split=cfg.val_split, seed=seed)
 
     reports: dict[str, Any] = {}

@@ -28,6 +28,7 @@ from uhd_core.data.images import (
     decode_image,
     resize_image,
 )
+from uhd_core.anchors import box_sizes
 from uhd_core.data.labels import LabelIssue, read_label_file, select_classes
 from uhd_core.errors import DataError, first_line
 from uhd_core.outputs import describe_os_error
@@ -342,3 +343,25 @@ def images_to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """
     x = images.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def load_box_sizes(image_dir: Path, classes: tuple[int, ...] = (0,), *, train_split_only: bool = False,
+                   train_split: float = 0.8, val_split: float = 0.2, seed: int = 42) -> np.ndarray:
+    """Normalized (w, h) of every box of ``classes`` in a YOLO folder: (N, 2) float64.
+
+    With ``train_split_only`` only the training images of the split `uhd train` would make with the
+    same ``train_split``/``val_split``/``seed`` are used. Raises DataError for a missing folder or
+    when no box of ``classes`` is found.
+    """
+    index = scan_yolo_folder(Path(image_dir), tuple(classes))
+    boxes = index.boxes
+    if train_split_only and index.files:
+        train, _ = split_files(index.files, train_split, val_split, seed)
+        keep = set(train)
+        boxes = [b for f, b in zip(index.files, index.boxes) if f in keep]
+    wh = box_sizes(boxes)
+    if len(wh) == 0:
+        which = "training split of " if train_split_only else ""
+        cls = ",".join(map(str, classes))
+        raise DataError(f"no boxes of --classes {cls} in the {which}{index.num_scanned} images of {index.root}")
+    return wh
