@@ -23,10 +23,10 @@ from uhd_core.data.dataset import (
     split_files,
 )
 from uhd_core.data.files import shown
-from uhd_core.engine.checkpoint import atomic_write_text
 from uhd_core.engine.distributed import DistContext, EpochTaggedDistributedSampler
 from uhd_core.engine.events import DataPrepared, DecodeProgressed, EventBus, RunWarning
 from uhd_core.errors import DataError, TrainingError, first_line
+from uhd_core.outputs import atomic_write_text
 
 MAX_REPORTED_ISSUES = 20
 

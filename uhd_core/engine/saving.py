@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from uhd_core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from uhd_core.config import RunConfig
-from uhd_core.engine.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from uhd_core.engine.distributed import DistContext
 from uhd_core.engine.events import CheckpointSaved, EventBus
 from uhd_core.engine.finite import divergence_causes, name_list, nonfinite_entries

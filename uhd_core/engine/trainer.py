@@ -16,15 +16,14 @@ from typing import Any
 import torch
 
 from uhd_core.augment.pipeline import load_augment_pipeline
+from uhd_core.checkpoint import atomic_write_text, load_checkpoint
 from uhd_core.config import RunConfig, check_implemented, config_to_yaml
 from uhd_core.data.dataset import require_image_dir, scan_yolo_folder
 from uhd_core.distill.base import Distiller
 from uhd_core.distill.factory import build_distiller, check_teacher_files
-from uhd_core.engine.checkpoint import atomic_write_text, load_checkpoint
 from uhd_core.engine.cpu_threads import apply_intra_op_threads
 from uhd_core.engine.data_prep import batches_surfacing_worker_errors, make_loaders, prepare_data
 from uhd_core.engine.distributed import DistContext
-from uhd_core.engine.evaluate import evaluate_detector
 from uhd_core.engine.events import EvalFinished, EventBus, RunFailed, RunFinished, RunStarted, RunWarning, WeightsLoaded
 from uhd_core.engine.finite import name_list, nonfinite_entries
 from uhd_core.engine.render import write_renders
@@ -42,6 +41,7 @@ from uhd_core.engine.saving import how_to_go_on, resumable_checkpoints, save_tra
 from uhd_core.engine.step import EpochMeter, run_step
 from uhd_core.engine.train_state import RunResult, TrainState, new_train_state, restore_train_state
 from uhd_core.errors import CheckpointError, ConfigError, TrainingError, UhdError, bounded
+from uhd_core.evaluation import evaluate_detector
 from uhd_core.heads.base import HEADS
 from uhd_core.models.detector import Detector, build_detector, count_parameters
 from uhd_core.models.registry import BACKBONES
