@@ -299,10 +299,25 @@ def validate_family_options(arch: str, values: Mapping[str, Any]) -> tuple[tuple
         raise ValueError(f"--arch {arch} has no option {bounded(repr(unknown[0]), 80)} "
                          f"(its options: {', '.join(model.model_fields) or 'none'})")
     try:
-        typed = model(**values).model_dump(include=set(values))
+        typed = _options_instance(model, values).model_dump(include=set(values))
     except ValidationError as exc:
         raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     return tuple(sorted(typed.items()))
+
+
+def _options_instance(model: type[BaseModel], values: Mapping[str, Any]) -> BaseModel:
+    """``model(**values)``; a text value (the flag's) its field refuses is read again as a number or bool.
+
+    Only refused values are re-read, so a text option keeps a text value such as '12'.
+    """
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        refused = {e["loc"][0] for e in exc.errors() if e["loc"]}
+        again = {k: forms.scalar(v) if k in refused and isinstance(v, str) else v for k, v in values.items()}
+        if again == values:
+            raise
+        return model(**again)
 
 
 def check_keys(data: dict[str, Any], source: str) -> None:

@@ -112,3 +112,15 @@ def parse_key_values(value: Any) -> Any:
     if isinstance(value, dict):
         return tuple(value.items())
     return value
+
+
+def scalar(text: str) -> str | int | float | bool:
+    """A flag's text as the value it spells: true/false -> bool, then int, then float, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
