@@ -242,3 +242,31 @@ def test_stored_configs_drop_removed_fields_but_not_unknown_ones():
     assert build_config(None, base=stored_config(old)) == RunConfig()
     with pytest.raises(ConfigError, match="from-the-future"):
         build_config(None, base=stored_config({**old, "from_the_future": 1}))
+
+
+# ------------------------------------------------------------------------------------------------
+# model families come from the registry (issue 17)
+
+def test_unknown_arch_lists_the_registered_families():
+    with pytest.raises(ConfigError, match="--arch: unknown architecture 'vit'; known: cnn, transformer"):
+        build_config(None, {"arch": "vit"})
+
+
+def test_unknown_arch_on_the_command_line_is_one_error_line(tiny_yolo_dir, tmp_path, monkeypatch):
+    from uhd_runner import assert_one_error_line, run_uhd
+
+    code, _, err = run_uhd(["train", "--arch", "vit", "--image-dir", tiny_yolo_dir, "--runs-dir", tmp_path / "runs",
+                            "--no-tui"], monkeypatch)
+    assert code == 2
+    assert_one_error_line(err, "--arch: unknown architecture 'vit'; known: cnn, transformer")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_built_in_families_take_no_arch_options(tmp_path):
+    assert RunConfig().arch_options == () and build_config(None, {"arch_options": ""}).arch_options == ()
+    preset = tmp_path / "p.yaml"
+    preset.write_text("arch: transformer\narch_options: {d_model: 32}\n")
+    with pytest.raises(ConfigError, match="--arch-options: --arch transformer takes no options"):
+        build_config(str(preset))
+    with pytest.raises(ConfigError, match="--arch-options: must look like 'key=value,key=value', bad item 'd_model'"):
+        build_config(None, {"arch_options": "d_model"})

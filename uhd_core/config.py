@@ -7,27 +7,46 @@ need nothing but the checkpoint path.
 Field names are the original tool's flag names with dashes turned into underscores
 (``--cnn-width`` -> ``cnn_width``); the CLI is generated from these fields, so the flag list lives
 in exactly one place.
+
+What each model family (``--arch``) allows — its heads, its grid stride, the teachers that distil into
+it, its own ``--arch-options`` — is declared by the family itself and read from uhd_core.registry;
+the cross-field rules are in uhd_core.config_checks and the preset files in uhd_core.presets (both
+re-exported here).
 """
 
 from __future__ import annotations
 
 import difflib
-from importlib import resources
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from uhd_core.config_checks import (  # noqa: F401  (re-exported: the config's rules)
+    PENDING_FEATURES,
+    check_img_size_fits_stride,
+    check_implemented,
+    flag_name,
+    head_name_of,
+)
+from uhd_core import config_forms as forms
 from uhd_core.data.files import DEFAULT_MAX_IMAGE_PIXELS
-from uhd_core.data.labels import MAX_CLASS_ID
 from uhd_core.errors import ConfigError, bounded
-from uhd_core.yaml_io import YamlRefused, load_yaml
+from uhd_core.presets import available_presets, read_yaml_mapping, resolve_preset  # noqa: F401  (re-exported)
+from uhd_core.registry import FAMILIES, family, load_families
 
 #: The original tool's default augmentation path; accepted as the name of the built-in config.
 ORIGINAL_DEFAULT_AUG_CONFIG = "uhd/aug.yaml"
-#: Longest --exp-name (one file name: NAME_MAX of common file systems).
-MAX_EXP_NAME_BYTES = 255
 
 
 def _flag(help_text: str, *, group: str, cli: bool = True, **extra: Any) -> dict[str, Any]:
@@ -43,7 +62,13 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     # --- model family --------------------------------------------------------------------------
-    arch: Literal["cnn", "transformer"] = Field("cnn", **_flag("Model family.", group="model"))
+    arch: str = Field("cnn", **_flag("Model family: a registered backbone (cnn and transformer are built in).", group="model"))
+    #: A family's own hyperparameters (FamilySpec.options), so a new family needs no RunConfig field.
+    #: Stored as sorted (key, value) pairs (the config stays hashable), written as a mapping.
+    arch_options: tuple[tuple[str, str | int | float | bool], ...] = Field(
+        (), **_flag("Options of the --arch's own family as 'key=value,key=value' (families that declare options; "
+                    "cnn and transformer use the flags below).", group="model", metavar="'KEY=VALUE,...'")
+    )
     # --- data ----------------------------------------------------------------------------------
     image_dir: str = Field(
         "data/wholebody34/obj_train_data",
@@ -204,95 +229,37 @@ class RunConfig(BaseModel):
     # --- provenance (not a flag) ---------------------------------------------------------------
     preset: str = Field("", **_flag("Preset this config was built from (informational).", group="run", cli=False))
 
-    # ---- the run dir --------------------------------------------------------------------------
-    @field_validator("exp_name")
+    # ---- the model family ---------------------------------------------------------------------
+    @field_validator("arch")
     @classmethod
-    def _check_exp_name(cls, value: str) -> str:
-        # The run dir is <runs-dir>/<exp-name>: a name with a separator, '..', or an absolute path would
-        # put it elsewhere (`--exp-name ..` made the current folder the run dir and overwrote its
-        # config.yaml). Checked here so presets and resumed configs obey it as well as the flag.
-        if value in ("", ".", ".."):
-            raise ValueError(f"{value!r} is not a folder name; give one name such as 'person_cnn' "
-                             "(the run dir is <runs-dir>/<exp-name>)")
-        bad = next((c for c in ("/", "\\", "\0") if c in value), None)
-        if bad is not None:
-            raise ValueError(f"{bounded(repr(value))} must be one folder name, without {bad!r}; use --runs-dir "
-                             "to choose the parent folder (the run dir is <runs-dir>/<exp-name>)")
-        if len(value.encode("utf-8", "surrogateescape")) > MAX_EXP_NAME_BYTES:
-            raise ValueError(f"{bounded(repr(value))} is longer than {MAX_EXP_NAME_BYTES} bytes, "
-                             "the longest file name most file systems allow")
+    def _check_arch(cls, value: str) -> str:
+        load_families()  # the built-in families register when their modules are first imported
+        if value not in FAMILIES:
+            raise ValueError(f"unknown architecture {bounded(repr(value))}; known: {', '.join(FAMILIES.names())}")
         return value
 
-    # ---- parsing of the original tool's string forms -------------------------------------------
-    @field_validator("img_size", "teacher_img_size", mode="before")
-    @classmethod
-    def _parse_img_size(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            parts = value.lower().replace(" ", "").split("x")
-            if len(parts) == 1:
-                parts = parts * 2
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"img_size must look like 64x64 (HxW), got {value!r}")
-            return (int(parts[0]), int(parts[1]))
-        if isinstance(value, int):
-            return (value, value)
-        return value
+    _parse_arch_options = field_validator("arch_options", mode="before")(staticmethod(forms.parse_key_values))
 
-    @field_validator("img_size", "teacher_img_size")
+    @field_validator("arch_options")
     @classmethod
-    def _check_img_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is None:
+    def _check_arch_options(cls, value: tuple[tuple[str, Any], ...], info: ValidationInfo) -> tuple[tuple[str, Any], ...]:
+        arch = info.data.get("arch")
+        if arch is None:  # --arch itself was refused; that error is the one to read
             return value
-        if min(value) < 16 or max(value) > 4096:
-            raise ValueError(f"img_size sides must be within 16..4096, got {value[0]}x{value[1]}")
-        return value
+        return validate_family_options(arch, dict(value))
 
-    @field_validator("classes", mode="before")
-    @classmethod
-    def _parse_classes(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            items = [v for v in value.replace(" ", "").split(",") if v]
-            if not items or not all(v.isdigit() for v in items):
-                raise ValueError(f"classes must be comma-separated integers like 0,1 — got {value!r}")
-            return tuple(int(v) for v in items)
-        if isinstance(value, int):
-            return (value,)
-        return value
+    @field_serializer("arch_options")
+    def _dump_arch_options(self, value: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+        return dict(value)
 
-    @field_validator("classes")
-    @classmethod
-    def _check_classes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if not value:
-            raise ValueError("classes must name at least one class id")
-        if not all(0 <= v <= MAX_CLASS_ID for v in value):
-            raise ValueError(f"class ids must be within 0..{MAX_CLASS_ID}, got {value}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"classes has duplicates: {value}")
-        return value
-
-    @field_validator("anchors", mode="before")
-    @classmethod
-    def _parse_anchors(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            pairs = []
-            for item in value.split():
-                wh = item.split(",")
-                try:
-                    pairs.append((float(wh[0]), float(wh[1])))
-                except (ValueError, IndexError):
-                    raise ValueError(f"anchors must look like '0.08,0.10 0.15,0.20', bad item {item!r}") from None
-                if len(wh) != 2:
-                    raise ValueError(f"anchors must look like '0.08,0.10 0.15,0.20', bad item {item!r}")
-            return tuple(pairs)
-        return value
-
-    @field_validator("anchors")
-    @classmethod
-    def _check_anchors(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        # Normalized sides: a NaN, inf, 0 or > 1 anchor would train to NaN or match no box.
-        if not all(0.0 < side <= 1.0 for pair in value for side in pair):
-            raise ValueError(f"anchor sides are normalized and must be within (0, 1], got {value}")
-        return value
+    # ---- single fields: the original tool's string forms and ranges (uhd_core.config_forms) -----
+    _check_exp_name = field_validator("exp_name")(staticmethod(forms.check_exp_name))
+    _parse_img_size = field_validator("img_size", "teacher_img_size", mode="before")(staticmethod(forms.parse_img_size))
+    _check_img_size = field_validator("img_size", "teacher_img_size")(staticmethod(forms.check_img_size))
+    _parse_classes = field_validator("classes", mode="before")(staticmethod(forms.parse_classes))
+    _check_classes = field_validator("classes")(staticmethod(forms.check_classes))
+    _parse_anchors = field_validator("anchors", mode="before")(staticmethod(forms.parse_anchors))
+    _check_anchors = field_validator("anchors")(staticmethod(forms.check_anchors))
 
     @model_validator(mode="after")
     def _check_splits(self) -> RunConfig:
@@ -307,124 +274,50 @@ class RunConfig(BaseModel):
 
     @property
     def head_name(self) -> str:
-        """Registry key of the DetectorHead this config trains."""
-        return "anchor" if self.use_anchor else DEFAULT_HEAD_BY_ARCH[self.arch]
+        """Registry key of the DetectorHead this config trains (the family's default, or anchor with --use-anchor)."""
+        return head_name_of(self)
+
+    @property
+    def family_options(self) -> BaseModel | None:
+        """The family's own options (its FamilySpec.options model, defaults filled in); None if it has none."""
+        model = family(self.arch).options
+        return model(**dict(self.arch_options)) if model is not None else None
 
 
-#: The head family each --arch trains unless --use-anchor picks the anchor head.
-DEFAULT_HEAD_BY_ARCH = {"cnn": "centernet", "transformer": "detr"}
-#: Heads each --arch can carry (the transformer's queries feed only its set-prediction head).
-HEADS_BY_ARCH = {"cnn": ("centernet", "anchor"), "transformer": ("detr",)}
-#: --arch -> the field holding its output stride, for architectures whose heads predict on a grid
-#: (input sides must be multiples of it); the transformer predicts normalized boxes at any size.
-GRID_STRIDE_FIELD_BY_ARCH = {"cnn": "output_stride"}
-#: Teacher flag -> (the student --arch it distils into, what it distils).
-TEACHER_STUDENT_ARCH = {
-    "teacher_backbone": ("cnn", "ViT features into the CNN"),
-    "teacher_ckpt": ("transformer", "a transformer teacher's queries into a transformer student"),
-}
+def validate_family_options(arch: str, values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The given options checked by ``arch``'s options model -> sorted (key, typed value) pairs.
 
-# ------------------------------------------------------------------------------------------------
-# Flags whose feature is not built yet: a non-default value is an error naming the flag, never a
-# silent no-op. Entries leave this table as their feature lands.
-PENDING_FEATURES: dict[str, str] = {}
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def check_implemented(cfg: RunConfig) -> None:
-    """Raise ConfigError if the config asks for a feature that is not built yet."""
-    for name, feature in PENDING_FEATURES.items():
-        default = RunConfig.model_fields[name].default
-        if getattr(cfg, name) != default:
-            raise ConfigError(f"{flag_name(name)} needs {feature}, which is not implemented yet")
-    if cfg.use_anchor and not cfg.anchors and not cfg.auto_anchors:
-        raise ConfigError("--use-anchor needs anchors: pass --anchors 'w,h w,h ...' or --auto-anchors")
-    if cfg.resume and cfg.ckpt:
-        raise ConfigError("--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts a new one "
-                          "from a checkpoint's weights")
-    if cfg.ckpt_non_strict and not cfg.ckpt and not cfg.resume:
-        raise ConfigError("--ckpt-non-strict needs --ckpt PATH (the checkpoint to initialise from)")
-    if (cfg.distill_kl > 0 or cfg.distill_box_l1 > 0) and not cfg.teacher_ckpt:
-        raise ConfigError("--distill-kl / --distill-box-l1 need --teacher-ckpt PATH (a transformer checkpoint)")
-    if cfg.distill_feat > 0 and not cfg.teacher_backbone:
-        raise ConfigError("--distill-feat needs --teacher-backbone PATH and --teacher-backbone-arch")
-    if cfg.teacher_backbone and not cfg.teacher_backbone_arch:
-        raise ConfigError("--teacher-backbone needs --teacher-backbone-arch (dinov3_vits16, dinov3_vitb16 or vit_tiny)")
-    if cfg.teacher_backbone and cfg.teacher_ckpt:
-        raise ConfigError("--teacher-backbone and --teacher-ckpt exclude each other: one teacher per run")
-    for flag, (student_arch, what) in TEACHER_STUDENT_ARCH.items():
-        if getattr(cfg, flag) and cfg.arch != student_arch:
-            raise ConfigError(f"{flag_name(flag)} distils {what}; use --arch {student_arch}")
-    check_img_size_fits_stride(cfg, cfg.img_size)
-    if cfg.head_name not in HEADS_BY_ARCH[cfg.arch]:
-        raise ConfigError(f"--arch {cfg.arch} has no {cfg.head_name} head (it has: {', '.join(HEADS_BY_ARCH[cfg.arch])}); "
-                          "--use-anchor is a CNN head")
-
-
-def check_img_size_fits_stride(cfg: RunConfig, size: tuple[int, int], flag: str = "--img-size") -> None:
-    """ConfigError unless a CNN's input sides are multiples of its output stride (transformers take any size).
-
-    The grid heads map normalized boxes onto a ceil(side / stride) grid whose cells are `stride`
-    pixels apart in the image: at 65 px, 5 cells span 80 px and targets drift up to a cell away from
-    the features that see them. Nothing fails; the model just learns worse, so refuse it up front.
+    Only given keys are stored (the family's defaults apply to the rest), in the types the model gives them.
     """
-    field = GRID_STRIDE_FIELD_BY_ARCH.get(cfg.arch)
-    s = getattr(cfg, field) if field else 1
-    if any(side % s for side in size):
-        h, w = size
-        fit = f"{-(-h // s) * s}x{-(-w // s) * s}"
-        raise ConfigError(f"{flag} {h}x{w}: sides must be multiples of --output-stride {s} (e.g. {fit})")
-
-
-# ------------------------------------------------------------------------------------------------
-# Presets
-
-def _preset_dirs() -> list[Path]:
-    """Preset search path: the checkout's presets/ first, then the copy installed in the package."""
-    dirs = [Path(__file__).resolve().parent.parent / "presets"]
+    model = family(arch).options
+    if model is None:
+        if values:
+            raise ValueError(f"--arch {arch} takes no options (got {bounded(', '.join(map(str, values)), 80)})")
+        return ()
+    unknown = [k for k in values if k not in model.model_fields]
+    if unknown:
+        raise ValueError(f"--arch {arch} has no option {bounded(repr(unknown[0]), 80)} "
+                         f"(its options: {', '.join(model.model_fields) or 'none'})")
     try:
-        dirs.append(Path(str(resources.files("uhd_core") / "presets")))
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - zipped installs
-        pass
-    return [d for d in dirs if d.is_dir()]
+        typed = _options_instance(model, values).model_dump(include=set(values))
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    return tuple(sorted(typed.items()))
 
 
-def available_presets() -> list[str]:
-    names: set[str] = set()
-    for d in _preset_dirs():
-        names.update(p.stem for p in d.glob("*.yaml"))
-    return sorted(names)
+def _options_instance(model: type[BaseModel], values: Mapping[str, Any]) -> BaseModel:
+    """``model(**values)``; a text value (the flag's) its field refuses is read again as a number or bool.
 
-
-def resolve_preset(name_or_path: str) -> Path:
-    """A preset name (presets/NAME.yaml) or a path to a YAML file."""
-    candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
-        return candidate
-    for d in _preset_dirs():
-        path = d / f"{name_or_path}.yaml"
-        if path.is_file():
-            return path
-    raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(available_presets()) or 'none'}")
-
-
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    Only refused values are re-read, so a text option keeps a text value such as '12'.
+    """
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except YamlRefused as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    return data
+        return model(**values)
+    except ValidationError as exc:
+        refused = {e["loc"][0] for e in exc.errors() if e["loc"]}
+        again = {k: forms.scalar(v) if k in refused and isinstance(v, str) else v for k, v in values.items()}
+        if again == values:
+            raise
+        return model(**again)
 
 
 def check_keys(data: dict[str, Any], source: str) -> None:

@@ -1,4 +1,5 @@
-"""ONNX export: every head x {raw, merged} x {static, dynamic} against PyTorch, ONNX Runtime and cv2.dnn.
+"""ONNX export: every registered family x head x {raw, merged} x {static, dynamic} against PyTorch,
+ONNX Runtime and cv2.dnn (the cases come from the registries: tests/family_cases.py).
 
 Models are tiny and their weights and BatchNorm statistics are randomized (a fresh head's biases
 make nearly all anchor scores equal, which would leave the merged comparison with nothing to sort).
@@ -14,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from family_cases import family_head_cases, randomized, smoke_overrides
 from uhd_core.config import build_config
 from uhd_core.export.onnx_export import (
     ExportReport,
@@ -26,19 +28,23 @@ from uhd_core.export.onnx_export import (
     verify_onnx,
 )
 from uhd_core.models.detector import Detector, build_detector
+from uhd_core.registry import head_class
 
 TOL = 1e-4
 TOPK = 20  # below the candidate count at 96x128 and above it at 32x32: both branches of min(topk, n)
-HEADS = {
-    "centernet": {"cnn_width": 8},
-    "anchor": {"cnn_width": 8, "use_anchor": True, "anchors": "0.1,0.2 0.3,0.4 0.6,0.7"},
-    "transformer": {"arch": "transformer", "d_model": 16, "heads": 2, "layers": 1, "dim_feedforward": 16,
-                    "num_queries": 5, "use_fpn": True, "fpn_layout": "s4-s8-s16"},
-}
-RAW_NAMES = {"centernet": ["hm", "off", "wh"], "anchor": ["pred"], "transformer": ["logits", "boxes"]}
+#: 'ARCH-HEAD' of every registered family and head it carries
+FAMILY_HEADS = family_head_cases()
+#: The raw output names of the built-in heads, pinned (deployed files are read by these names); a
+#: head not listed here is checked against the names it declares (DetectorHead.output_names).
+RAW_NAMES = {"centernet": ["hm", "off", "wh"], "anchor": ["pred"], "detr": ["logits", "boxes"]}
 #: (batch, H, W) run through dynamic graphs; static graphs see the export shape (1, 64, 64) only
 DYNAMIC_SHAPES = [(1, 64, 64), (3, 96, 128), (3, 64, 64), (1, 32, 32)]
-CASES = [(head, merged, dynamic) for head in HEADS for merged in (False, True) for dynamic in (False, True)]
+CASES = [(head, merged, dynamic) for head in FAMILY_HEADS for merged in (False, True) for dynamic in (False, True)]
+
+
+def _raw_names(case: str) -> list[str]:
+    head = case.split("-", 1)[1]
+    return RAW_NAMES.get(head) or list(head_class(head).output_names)
 
 
 def _case_id(case: tuple[str, bool, bool]) -> str:
@@ -46,23 +52,9 @@ def _case_id(case: tuple[str, bool, bool]) -> str:
     return f"{head}-{'merged' if merged else 'raw'}-{'dynamic' if dynamic else 'static'}"
 
 
-def _randomized(head: str) -> tuple[Detector, object]:
-    cfg = build_config(None, HEADS[head])
-    torch.manual_seed(0)
-    model = build_detector(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval(), cfg
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, tuple[Detector, object]]:
-    return {head: _randomized(head) for head in HEADS}
+    return {case: randomized(case) for case in FAMILY_HEADS}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +81,7 @@ def test_export_matches_pytorch(case, models, exported):
     head, merged, dynamic = case
     model, cfg = models[head]
     report = exported[case]
-    names = ["detections"] if merged else RAW_NAMES[head]
+    names = ["detections"] if merged else _raw_names(head)
 
     # the report describes the graph
     assert report.path.is_file() and report.size_bytes == report.path.stat().st_size
@@ -168,7 +160,7 @@ def test_onnxsim_failure_keeps_the_unsimplified_graph(models, tmp_path, monkeypa
         raise RuntimeError("simulated onnxsim crash")
 
     monkeypatch.setattr(onnxsim, "simplify", broken)
-    model, cfg = models["centernet"]
+    model, cfg = models["cnn-centernet"]
     report = export_onnx(model, cfg, tmp_path / "m.onnx", dynamic=True)
     assert not report.simplified
     assert any("onnxsim failed" in w and "simulated onnxsim crash" in w for w in report.warnings)
@@ -179,14 +171,14 @@ def test_onnxsim_failure_keeps_the_unsimplified_graph(models, tmp_path, monkeypa
 
 def test_missing_onnxsim_is_a_warning(models, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxsim", None)  # import onnxsim -> ImportError
-    model, cfg = models["centernet"]
+    model, cfg = models["cnn-centernet"]
     report = export_onnx(model, cfg, tmp_path / "m.onnx", merge_postprocess=True)
     assert not report.simplified and any("onnxsim not available" in w for w in report.warnings)
     assert max(verify_onnx(model, report.path, _inputs(False)).values()) < TOL
 
 
 def test_export_leaves_the_model_and_folder_clean(tmp_path):
-    model, cfg = _randomized("centernet")
+    model, cfg = randomized("cnn-centernet")
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = export_onnx(model, cfg, tmp_path / "sub" / "m.onnx", img_size=(32, 48), topk=5, batch_size=2,
@@ -199,7 +191,7 @@ def test_export_leaves_the_model_and_folder_clean(tmp_path):
 
 
 def test_wrapper_output_order_and_merged_shape(models):
-    model, _ = models["centernet"]
+    model, _ = models["cnn-centernet"]
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         raw = ExportWrapper(model).eval()(images)
@@ -211,7 +203,7 @@ def test_wrapper_output_order_and_merged_shape(models):
 
 def test_count_macs_matches_a_hand_count(models, exported):
     """CNN graphs: MACs = sum over convolutions of output elements x (C_in/groups x k x k)."""
-    model, _ = models["centernet"]
+    model, _ = models["cnn-centernet"]
     total = 0
 
     def hook(module, inputs, output):
@@ -226,12 +218,12 @@ def test_count_macs_matches_a_hand_count(models, exported):
         for h in handles:
             h.remove()
     for dynamic in (False, True):  # dynamic graphs are counted at batch 1 and the recorded img_size
-        assert count_macs(exported[("centernet", False, dynamic)].path) == total
-    assert count_macs(exported[("centernet", False, True)].path, {"images": [2, 3, 64, 64]}) == 2 * total
+        assert count_macs(exported[("cnn-centernet", False, dynamic)].path) == total
+    assert count_macs(exported[("cnn-centernet", False, True)].path, {"images": [2, 3, 64, 64]}) == 2 * total
 
 
 def test_count_macs_measures_shapes_that_inference_misses(exported, monkeypatch):
-    path = exported[("transformer", True, True)].path
+    path = exported[("transformer-detr", True, True)].path
     expected = count_macs(path)
     infer = onnx.shape_inference.infer_shapes
 
@@ -261,7 +253,7 @@ def test_compare_detections_is_robust_to_tie_permutations():
 
 
 def test_yolov5_anchor_parametrisation_exports_dynamically(tmp_path):
-    cfg = build_config(None, {**HEADS["anchor"], "anchor_assign": "yolov5"})
+    cfg = build_config(None, {**smoke_overrides("cnn-anchor"), "anchor_assign": "yolov5"})
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
     with torch.no_grad():

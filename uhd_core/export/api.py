@@ -26,6 +26,7 @@ import torch
 
 from uhd_core.checkpoint import load_checkpoint
 from uhd_core.config import check_img_size_fits_stride
+from uhd_core.config_checks import size_multiple
 from uhd_core.errors import CheckpointError, ConfigError, first_line
 from uhd_core.export.onnx_export import ExportReport, export_onnx, non_finite_tensors, ort_source, verify_onnx
 from uhd_core.models.loading import build_with_weights, checkpoint_config, checkpoint_weights, weights_do_not_fit
@@ -149,8 +150,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
                              dynamic=dynamic, topk=topk, batch_size=batch_size)
         gen = torch.Generator().manual_seed(0)
         inputs = [torch.rand(batch_size, 3, *size, generator=gen)]
-        if dynamic:
-            stride = 16
+        if dynamic:  # a second, larger size: by 16 px steps, or the model's grid stride if coarser
+            stride = size_multiple(cfg, 16)
             inputs.append(torch.rand(batch_size + 2, 3, size[0] + stride * 2, size[1] + stride, generator=gen))
         real = _real_images(cfg, size, batch_size)
         if real is not None:

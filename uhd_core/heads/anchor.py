@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,9 @@ class AnchorHead(DetectorHead):
 
     loss_terms = ("obj", "cls", "box")
     output_names = ("pred",)
+    grid = True
+    #: anchors are built into the layer's shape (--auto-anchors would fit them from data first)
+    smoke_config = MappingProxyType({"anchors": "0.1,0.2 0.3,0.4 0.6,0.7"})
 
     def __init__(self, in_channels: int, num_classes: int, anchors: torch.Tensor | list, assign: str = "best",
                  iou_loss: str = "giou", head_conv: int = 0, activation: str = "swish") -> None:

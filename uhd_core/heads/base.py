@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from uhd_core.registry import Registry
+from uhd_core.registry import HEADS
 
 if TYPE_CHECKING:
     from uhd_core.config import RunConfig
 
-#: name -> class with ``from_config(cfg, in_channels, stride)``
-HEADS: Registry = Registry("detector head")
+__all__ = ["HEADS", "DetectorHead"]  # HEADS lives on the ground floor, where the config reads head facts
 
 
 class DetectorHead(nn.Module, ABC):
@@ -31,6 +31,11 @@ class DetectorHead(nn.Module, ABC):
     loss_terms: tuple[str, ...] = ()
     #: names of ``export_outputs`` in the order an export writes them (empty = the dict's order)
     output_names: tuple[str, ...] = ()
+    #: predicts on the backbone's output grid: input sides must be multiples of the family's stride
+    #: (FamilySpec.stride_field). True by default, so a head that forgets it is refused loudly, not trained badly.
+    grid: bool = True
+    #: RunConfig overrides this head needs for a tiny instance (contract tests), on top of the family's
+    smoke_config: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]: ...

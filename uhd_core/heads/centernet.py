@@ -70,6 +70,7 @@ class CenterNetHead(DetectorHead):
 
     loss_terms = ("hm", "off", "wh")
     output_names = ("hm", "off", "wh")
+    grid = True
 
     def __init__(self, in_channels: int, num_classes: int, heatmap_style: str = "gaussian", head_conv: int = 0,
                  activation: str = "swish") -> None:

@@ -37,6 +37,7 @@ class DetrHead(DetectorHead):
 
     loss_terms = ("cls", "l1", "iou")
     output_names = ("logits", "boxes")
+    grid = False  # set prediction of normalized boxes: any input size
 
     def __init__(self, in_channels: int, num_classes: int, *, cls_weight: float = 1.0, l1_weight: float = 5.0,
                  iou_weight: float = 2.0, no_object_weight: float = 0.1, iou_kind: str = "giou") -> None:

@@ -8,7 +8,8 @@ from torch import nn
 
 from uhd_core.config import RunConfig
 from uhd_core.layers.blocks import ConvBNAct, DepthwiseSeparable, make_se
-from uhd_core.models.registry import BACKBONES
+from uhd_core.models.registry import register_backbone
+from uhd_core.registry import FamilySpec
 
 
 class MiniCNN(nn.Module):
@@ -51,6 +52,14 @@ class MiniCNN(nn.Module):
         return out
 
 
-@BACKBONES.register("cnn")
+#: CenterNet by default, the anchor head with --use-anchor; both predict on the stride-`output_stride` grid.
+CNN_FAMILY = FamilySpec(
+    "cnn", heads=("centernet", "anchor"), title="CNN", stride_field="output_stride",
+    teachers={"teacher_backbone": "ViT features into the CNN"},
+    smoke_config={"cnn_width": 8},
+)
+
+
+@register_backbone(CNN_FAMILY)
 def build_cnn(cfg: RunConfig) -> MiniCNN:
     return MiniCNN(cfg.cnn_width, cfg.activation, cfg.use_skip, cfg.output_stride, cfg.last_se, cfg.last_width_scale)

@@ -29,7 +29,8 @@ from torch import nn
 
 from uhd_core.config import RunConfig
 from uhd_core.layers.blocks import ConvBNAct, DepthwiseSeparable, make_activation
-from uhd_core.models.registry import BACKBONES
+from uhd_core.models.registry import register_backbone
+from uhd_core.registry import FamilySpec
 
 #: Token layouts for --use-fpn: the strides whose feature maps become encoder tokens.
 FPN_LAYOUTS = {"s2-s2-s4-s8": (2, 2, 4, 8), "s4-s8-s16": (4, 8, 16)}
@@ -218,7 +219,16 @@ class TinyDETR(nn.Module):
         return self.decoder_norm(tgt)
 
 
-@BACKBONES.register("transformer")
+#: The transformer's queries feed only its set-prediction head, which takes any input size (no stride).
+TRANSFORMER_FAMILY = FamilySpec(
+    "transformer", heads=("detr",),
+    teachers={"teacher_ckpt": "a transformer teacher's queries into a transformer student"},
+    smoke_config={"d_model": 16, "heads": 2, "layers": 1, "dim_feedforward": 16, "num_queries": 5, "use_fpn": True,
+                  "fpn_layout": "s4-s8-s16"},
+)
+
+
+@register_backbone(TRANSFORMER_FAMILY)
 def build_transformer(cfg: RunConfig) -> TinyDETR:
     return TinyDETR(cfg.d_model, cfg.heads, cfg.layers, cfg.dim_feedforward, cfg.num_queries, cfg.activation,
                     cfg.use_fpn, cfg.fpn_layout)
