@@ -31,13 +31,6 @@ FUNCTION_ALLOWLIST: dict[str, str] = {}
 #: {"uhd_core/path.py": reason} for modules allowed over MAX_MODULE_LINES.
 MODULE_ALLOWLIST: dict[str, str] = {}
 
-# TEMPORARY: removed at merge of issue 17's other parts
-# (the trainer and the config are being shrunk on other branches of issue 17).
-MODULE_ALLOWLIST.update({
-    "uhd_core/config.py": "TEMPORARY: architecture tables move to the registries on another branch",
-})
-# END TEMPORARY
-
 
 def function_sizes(source: str) -> dict[str, int]:
     """{qualified name: lines} of every function and method in ``source``, nested ones included

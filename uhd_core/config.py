@@ -40,7 +40,7 @@ from uhd_core.config_checks import (  # noqa: F401  (re-exported: the config's r
     head_name_of,
 )
 from uhd_core import config_forms as forms
-from uhd_core.data.files import DEFAULT_MAX_IMAGE_PIXELS
+from uhd_core.limits import DEFAULT_MAX_IMAGE_PIXELS
 from uhd_core.errors import ConfigError, bounded
 from uhd_core.presets import available_presets, read_yaml_mapping, resolve_preset  # noqa: F401  (re-exported)
 from uhd_core.registry import FAMILIES, family, load_families

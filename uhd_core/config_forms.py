@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uhd_core.data.labels import MAX_CLASS_ID
+from uhd_core.limits import MAX_CLASS_ID
 from uhd_core.errors import bounded
 
 #: Longest --exp-name (one file name: NAME_MAX of common file systems).

@@ -25,7 +25,8 @@ from uhd_core.augment import AUGMENT_OPS, UNIMPLEMENTED_OPS, AugmentPipeline, Au
 from uhd_core.config import RunConfig, build_config
 from uhd_core.data.check import check_dataset, parse_line
 from uhd_core.data.dataset import decode_all, scan_yolo_folder
-from uhd_core.data.labels import MAX_CLASS_ID, parse_label_text, read_label_file
+from uhd_core.data.labels import parse_label_text, read_label_file
+from uhd_core.limits import MAX_CLASS_ID
 from uhd_core.errors import ConfigError
 
 

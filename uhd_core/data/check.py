@@ -27,8 +27,8 @@ import numpy as np
 from uhd_core.data.dataset import decode_workers, list_images, require_image_dir
 from uhd_core.data.files import FileRefused, read_dataset_file, shown
 from uhd_core.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, read_image_bytes
-from uhd_core.data.labels import MAX_CLASS_ID
 from uhd_core.errors import OutputError, bounded
+from uhd_core.limits import MAX_CLASS_ID
 from uhd_core.outputs import check_output_dir, describe_os_error, fsync_dir
 
 #: A box smaller than one output cell at these strides (in input pixels) is hard to see for the model.

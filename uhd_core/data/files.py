@@ -19,10 +19,8 @@ import stat
 from pathlib import Path
 
 from uhd_core.errors import bounded
+from uhd_core.limits import DEFAULT_MAX_IMAGE_PIXELS  # noqa: F401  (re-exported for the readers)
 
-#: Images whose header declares more pixels than this are not decoded (``--max-image-pixels``):
-#: 64 Mpx is 8000x8000, far above any detector's training size and 1/4 of PIL's bomb warning level.
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # absent on Windows, which has no FIFOs in folders
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)

@@ -13,12 +13,10 @@ import numpy as np
 
 from uhd_core.data.files import FileRefused, read_dataset_file, shown
 from uhd_core.errors import bounded
+from uhd_core.limits import MAX_CLASS_ID
 
 # Labels written by other tools are often a hair outside 0..1 (float rounding); clip within this.
 _COORD_TOLERANCE = 1e-6
-#: Largest class id a label line may carry. Ids beyond it ("1e30") are typos or garbage, and int64
-#: arrays (and --classes) could not hold every such id anyway.
-MAX_CLASS_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
