@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from uhd_core.metrics.matching import _coco_match_image, _pr_curve, box_iou_xyxy
+from uhd_core.metrics.matching import _coco_match_image, _pr_curve, box_iou_xyxy, pr_arrays
 from uhd_core.metrics.records import ImageDetections, ImageGroundTruth, _check_inputs, _num_gt
 
 # Exactly the grids pycocotools uses (np.linspace, not np.arange: arange drifts).
@@ -20,10 +20,7 @@ def coco_ap_101_point(recall: np.ndarray, precision: np.ndarray) -> float:
     For each recall threshold r in 0, 0.01, ..., 1 take the maximum precision at
     any rank whose recall is ``>= r`` (0 if recall never reaches r); average.
     """
-    rec = np.asarray(recall, dtype=np.float64).reshape(-1)
-    prec = np.asarray(precision, dtype=np.float64).reshape(-1)
-    if rec.shape != prec.shape:
-        raise ValueError(f"recall and precision differ in length: {rec.shape} vs {prec.shape}")
+    rec, prec = pr_arrays(recall, precision)
     if rec.size == 0:
         return 0.0
     prec = np.maximum.accumulate(prec[::-1])[::-1]

@@ -116,3 +116,12 @@ def _pr_curve(is_tp: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray]:
     tp = np.cumsum(is_tp, axis=-1, dtype=np.float64)
     fp = np.cumsum(~is_tp, axis=-1, dtype=np.float64)
     return tp / n_gt, tp / (tp + fp)
+
+
+def pr_arrays(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A precision-recall curve as two flat float64 arrays of one length (ValueError otherwise)."""
+    rec = np.asarray(recall, dtype=np.float64).reshape(-1)
+    prec = np.asarray(precision, dtype=np.float64).reshape(-1)
+    if rec.shape != prec.shape:
+        raise ValueError(f"recall and precision differ in length: {rec.shape} vs {prec.shape}")
+    return rec, prec

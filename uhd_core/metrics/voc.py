@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from uhd_core.metrics.matching import _pr_curve, _voc_best_matches, _voc_tp
+from uhd_core.metrics.matching import _pr_curve, _voc_best_matches, _voc_tp, pr_arrays
 from uhd_core.metrics.records import ImageDetections, ImageGroundTruth, MapResult, _check_inputs, _num_gt
 
 
@@ -19,10 +19,7 @@ def voc_ap_all_point(recall: np.ndarray, precision: np.ndarray) -> float:
     non-increasing from the right, and the area is ``sum(Δrecall × precision)``.
     An empty curve gives 0.0.
     """
-    rec = np.asarray(recall, dtype=np.float64).reshape(-1)
-    prec = np.asarray(precision, dtype=np.float64).reshape(-1)
-    if rec.shape != prec.shape:
-        raise ValueError(f"recall and precision differ in length: {rec.shape} vs {prec.shape}")
+    rec, prec = pr_arrays(recall, precision)
     if rec.size == 0:
         return 0.0
     mrec = np.concatenate(([0.0], rec, [1.0]))
