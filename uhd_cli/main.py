@@ -26,8 +26,17 @@ def _plain_help_columns() -> None:
     ``[default: (default)]`` for ``--exp-name``. Fixed here, once, for every command: flags have no type,
     and a text default (the generated train flags pass their default as text) is the value itself.
     """
+    import inspect
+
     from typer.core import TyperArgument, TyperOption
 
+    # Private typer API: patch only the shapes seen in the installed version, so another typer
+    # shows its own help columns instead of failing on every --help.
+    expected = {"ctx", "show_default_is_str", "default_value"}
+    if not (hasattr(TyperOption, "display_type_rich") and all(
+            expected <= set(inspect.signature(getattr(cls, "_get_default_string", lambda: None)).parameters)
+            for cls in (TyperOption, TyperArgument))):
+        return
     display_type = TyperOption.display_type_rich
 
     def flag_free_display_type(self, ctx):  # noqa: ANN001, ANN202 - typer's signature
