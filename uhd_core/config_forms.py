@@ -54,6 +54,16 @@ def check_img_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
     return value
 
 
+def parse_path_list(value: Any) -> Any:
+    """'a,b' (the flag) or ['a', 'b'] (a preset) -> ('a', 'b'); empty items are dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        items = tuple(v.strip() if isinstance(v, str) else v for v in value)
+        return tuple(v for v in items if v != "")
+    return value
+
+
 def parse_classes(value: Any) -> Any:
     """'3,1' or 3 -> (3, 1) / (3,)."""
     if isinstance(value, str):
