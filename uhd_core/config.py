@@ -75,8 +75,9 @@ class RunConfig(BaseModel):
         **_flag("YOLO folder: images with same-stem .txt labels (class cx cy w h, normalized).", group="data"),
     )
     extra_train_dirs: tuple[str, ...] = Field(
-        (), **_flag("More YOLO folders whose every image is for training only (comma-separated; a preset takes a "
-                    "list); the val split stays --image-dir's.", group="data", metavar="DIR,DIR")
+        (), **_flag("More YOLO folders whose every image is for training only (repeatable or comma-separated; a "
+                    "preset takes a list); the val split stays --image-dir's.", group="data", metavar="DIR",
+                    flag="--extra-train-dir", repeatable=True)
     )
     min_box_px: float = Field(
         0.0, ge=0.0, **_flag("Drop training boxes whose longer side is under N input pixels (0 = keep all; val keeps "

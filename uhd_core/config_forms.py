@@ -55,11 +55,11 @@ def check_img_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def parse_path_list(value: Any) -> Any:
-    """'a,b' (the flag) or ['a', 'b'] (a preset) -> ('a', 'b'); empty items are dropped."""
+    """'a,b', ['a', 'b'] (a preset, or a repeated flag) or ['a,b', 'c'] -> ('a', 'b', 'c'); empty items are dropped."""
     if isinstance(value, str):
-        value = value.split(",")
+        value = [value]
     if isinstance(value, (list, tuple)):
-        items = tuple(v.strip() if isinstance(v, str) else v for v in value)
+        items = [part.strip() for v in value for part in (v.split(",") if isinstance(v, str) else [v])]
         return tuple(v for v in items if v != "")
     return value
 

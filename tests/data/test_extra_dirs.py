@@ -142,3 +142,21 @@ def test_each_extra_folder_is_guarded_on_its_own(tiny_yolo_dir: Path, extra_dirs
     assert any(f"zz_{name}" in e and "outside the dataset" in e for e in event["examples"])
     files = json.loads((result.run_dir / "split.json").read_text())["extra_train"][0]["files"]
     assert "zz_" + name not in files
+
+
+def test_the_cli_flag_repeats_and_a_bad_folder_is_one_line(tiny_yolo_dir: Path, extra_dirs, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from uhd_runner import run_uhd
+
+    runs = tmp_path / "runs"
+    base = ["train", "--image-dir", tiny_yolo_dir, "--runs-dir", runs, "--cnn-width", "8", "--epochs", "1",
+            "--num-workers", "0", "--device", "cpu", "--no-tui"]
+    code, _, err = run_uhd([*base, "--extra-train-dir", extra_dirs[0], "--extra-train-dir", tmp_path / "nope"],
+                           monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and f"--extra-train-dir {tmp_path / 'nope'}" in err
+    assert not runs.exists()
+    code, out, err = run_uhd([*base, "--exp-name", "ok", "--extra-train-dir", extra_dirs[0],
+                              "--extra-train-dir", extra_dirs[1]], monkeypatch)
+    assert code == 0, err
+    split = json.loads((runs / "ok" / "split.json").read_text())
+    assert [e["image_dir"] for e in split["extra_train"]] == [str(d) for d in extra_dirs]
