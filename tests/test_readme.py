@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from uhd_core.config import RunConfig
+from uhd_core.config import RunConfig, flag_name
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_flag_table_lists_exactly_the_cli_flags():
     documented = set(re.findall(r"^\| `(--[a-z0-9-]+)` \|", README.read_text(encoding="utf-8"), flags=re.M))
     expected = {
-        "--" + name.replace("_", "-")
+        flag_name(name)  # a field may name its flag (extra_train_dirs: --extra-train-dir)
         for name, field in RunConfig.model_fields.items()
         if (field.json_schema_extra or {}).get("cli", True)
     }
@@ -23,7 +23,7 @@ def test_readme_flag_table_shows_the_cli_defaults():
 
     rows = dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| `([^`]*)` \|", README.read_text(encoding="utf-8"), flags=re.M))
     for name, field in RunConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         if flag in rows:
             assert rows[flag] == _default_text(name, field.default), flag
 

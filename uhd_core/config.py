@@ -74,6 +74,15 @@ class RunConfig(BaseModel):
         "data/wholebody34/obj_train_data",
         **_flag("YOLO folder: images with same-stem .txt labels (class cx cy w h, normalized).", group="data"),
     )
+    extra_train_dirs: tuple[str, ...] = Field(
+        (), **_flag("More YOLO folders whose every image is for training only (repeatable or comma-separated; a "
+                    "preset takes a list); the val split stays --image-dir's.", group="data", metavar="DIR",
+                    flag="--extra-train-dir", repeatable=True)
+    )
+    min_box_px: float = Field(
+        0.0, ge=0.0, **_flag("Drop training boxes whose longer side is under N input pixels (0 = keep all; val keeps "
+                             "every box); an image left without boxes is dropped too.", group="data")
+    )
     train_split: float = Field(0.8, gt=0.0, le=1.0, **_flag("Fraction of images used for training.", group="data"))
     val_split: float = Field(0.2, ge=0.0, lt=1.0, **_flag("Fraction of images used for validation.", group="data"))
     img_size: tuple[int, int] = Field(
@@ -256,6 +265,7 @@ class RunConfig(BaseModel):
     _check_exp_name = field_validator("exp_name")(staticmethod(forms.check_exp_name))
     _parse_img_size = field_validator("img_size", "teacher_img_size", mode="before")(staticmethod(forms.parse_img_size))
     _check_img_size = field_validator("img_size", "teacher_img_size")(staticmethod(forms.check_img_size))
+    _parse_extra_dirs = field_validator("extra_train_dirs", mode="before")(staticmethod(forms.parse_path_list))
     _parse_classes = field_validator("classes", mode="before")(staticmethod(forms.parse_classes))
     _check_classes = field_validator("classes")(staticmethod(forms.check_classes))
     _parse_anchors = field_validator("anchors", mode="before")(staticmethod(forms.parse_anchors))

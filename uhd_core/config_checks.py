@@ -26,7 +26,13 @@ ANCHOR_HEAD = "anchor"
 
 
 def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
+    """The `uhd train` flag of a RunConfig field: its name with dashes, or the field's own ``flag``
+    (``extra_train_dirs`` holds several folders, each given with ``--extra-train-dir``)."""
+    from uhd_core.config import RunConfig  # same floor; config imports this module first
+
+    field = RunConfig.model_fields.get(field_name)
+    extra = (field.json_schema_extra or {}) if field is not None else {}
+    return str(extra.get("flag") or "--" + field_name.replace("_", "-"))
 
 
 def head_name_of(cfg: RunConfig) -> str:

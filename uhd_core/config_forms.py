@@ -54,6 +54,16 @@ def check_img_size(value: tuple[int, int] | None) -> tuple[int, int] | None:
     return value
 
 
+def parse_path_list(value: Any) -> Any:
+    """'a,b', ['a', 'b'] (a preset, or a repeated flag) or ['a,b', 'c'] -> ('a', 'b', 'c'); empty items are dropped."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        items = [part.strip() for v in value for part in (v.split(",") if isinstance(v, str) else [v])]
+        return tuple(v for v in items if v != "")
+    return value
+
+
 def parse_classes(value: Any) -> Any:
     """'3,1' or 3 -> (3, 1) / (3,)."""
     if isinstance(value, str):

@@ -19,7 +19,7 @@ import typer
 
 from uhd_cli.console import PlainLinePrinter, RichProgressRenderer, stdout_is_interactive
 from uhd_cli.errors import fail, friendly_errors
-from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, RunConfig, available_presets
+from uhd_core.config import ORIGINAL_DEFAULT_AUG_CONFIG, RunConfig, available_presets, flag_name
 from uhd_core.errors import UhdError, first_line
 
 if TYPE_CHECKING:
@@ -62,20 +62,21 @@ def _generated_parameters() -> list[inspect.Parameter]:
         extra = field.json_schema_extra or {}
         if not extra.get("cli", True):
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         is_bool = field.annotation is bool or field.annotation == (bool | None)
         decl = f"{flag}/--no-{flag[2:]}" if is_bool else flag
         option = typer.Option(None, decl, help=field.description, show_default=_default_text(name, field.default),
                               metavar=extra.get("metavar"), rich_help_panel=_PANELS.get(extra.get("group")))
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=_cli_annotation(field.annotation)))
+        # A repeatable flag (--extra-train-dir A --extra-train-dir B) is a list; not typed: None.
+        annotation = Optional[list[str]] if extra.get("repeatable") else _cli_annotation(field.annotation)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return params
 
 
 @friendly_errors
 def train(preset: Optional[str] = None, tui: Optional[bool] = None, **flags: Any) -> None:
     """Train a detector on a YOLO-format folder (typed flags override the preset)."""
-    typed = {name: value for name, value in flags.items() if value is not None}
+    typed = {name: value for name, value in flags.items() if value is not None and value != []}
     from uhd_core.engine.distributed import launched_by_torchrun  # torch is imported only when training
     from uhd_core.engine.run_setup import prepare_run
 
@@ -235,7 +236,7 @@ def flag_table_markdown() -> str:
         if not (field.json_schema_extra or {}).get("cli", True):
             continue
         note = " *(not implemented yet)*" if name in PENDING_FEATURES else ""
-        rows.append(f"| `--{name.replace('_', '-')}` | `{_default_text(name, field.default)}` | "
+        rows.append(f"| `{flag_name(name)}` | `{_default_text(name, field.default)}` | "
                     f"{field.description}{note} |")
     return "\n".join(rows) + "\n"
 

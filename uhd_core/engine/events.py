@@ -37,6 +37,12 @@ class DataPrepared(Event):
     num_decode_failures: int
     from_cache: bool
     examples: list[str] = field(default_factory=list)  # first few problems, "file:line: reason"
+    #: one per --extra-train-dir: {"image_dir", "num_images", "num_train", "num_without_targets",
+    #: "num_label_issues", "num_decode_failures"} (every image of such a folder is a training image)
+    extra_dirs: list[dict[str, Any]] = field(default_factory=list)
+    min_box_px: float = 0.0
+    num_small_boxes_dropped: int = 0  # training boxes under --min-box-px (all folders)
+    num_small_images_dropped: int = 0  # training images left without a box by it
 
 
 @dataclass(frozen=True)
@@ -284,6 +290,13 @@ def format_event_line(event: Event) -> str | None:
                 f"val {event.num_val}; skipped {event.num_without_targets} without targets, "
                 f"{event.num_decode_failures} undecodable, {event.num_label_issues} bad label lines"
                 f"{' (decoded images from cache)' if event.from_cache else ''}")
+        for extra in event.extra_dirs:
+            line += (f"; + train {extra['num_train']} of {extra['num_images']} in {extra['image_dir']} "
+                     f"({extra['num_without_targets']} without targets, {extra['num_decode_failures']} undecodable, "
+                     f"{extra['num_label_issues']} bad label lines)")
+        if event.min_box_px > 0:
+            line += (f"; --min-box-px {event.min_box_px:g} dropped {event.num_small_boxes_dropped} training boxes "
+                     f"and {event.num_small_images_dropped} images left without one")
         if event.examples:
             line += "\n" + "\n".join(f"  skipped {e}" for e in event.examples)
         return line

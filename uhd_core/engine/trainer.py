@@ -18,7 +18,7 @@ import torch
 from uhd_core.augment.pipeline import load_augment_pipeline
 from uhd_core.checkpoint import atomic_write_text, load_checkpoint
 from uhd_core.config import RunConfig, check_implemented, config_to_yaml
-from uhd_core.data.dataset import require_image_dir, scan_yolo_folder
+from uhd_core.data.dataset import require_image_dir, scan_extra_train_dirs, scan_yolo_folder
 from uhd_core.distill.base import Distiller
 from uhd_core.distill.factory import build_distiller, check_teacher_files
 from uhd_core.engine.cpu_threads import apply_intra_op_threads
@@ -66,6 +66,7 @@ class Trainer:
         # Everything a run can be refused for is checked here, before any run dir, log or event file
         # is made for a run that cannot start.
         self.index = scan_yolo_folder(require_image_dir(cfg.image_dir), cfg.classes, cfg.follow_symlinks)
+        self.extra_indexes = scan_extra_train_dirs(cfg.extra_train_dirs, cfg.image_dir, cfg.classes, cfg.follow_symlinks)
         self.dist = dist or DistContext()
         self.device = self.dist.device(resolve_device(cfg.device))
         if cfg.sync_bn and (self.device.type != "cuda" or self.dist.world_size < 2):
@@ -193,7 +194,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         distiller = self._distiller  # its teacher's input size shapes the data
         train_set, val_set = prepare_data(cfg, self.index, self.run_dir, self.resume_path is not None, self.dist,
-                                          self.bus, distiller.teacher_img_size if distiller is not None else None)
+                                          self.bus, distiller.teacher_img_size if distiller is not None else None,
+                                          extra=self.extra_indexes)
         train_loader, sampler, val_loader = make_loaders(cfg, train_set, val_set, device, self.dist)
         self._data = (train_set, val_set, train_loader, sampler, val_loader)
         run_cfg = self.head_cls.prepare_config(cfg, train_set.boxes)  # once, before the model: never changed
