@@ -206,11 +206,10 @@ class UtodHead(DetectorHead):
             rows["cls"] = outputs["cls"].float().view(b, a, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, a * h * w, c)
         return rows
 
-    def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, Any]) -> dict[str, torch.Tensor]:
-        rows = self._fields(outputs)
+    def _positive_ciou(self, rows: dict[str, torch.Tensor], targets: dict[str, Any]) -> torch.Tensor:
+        """CIoU (B, M) of each positive's decoded box against its target box (both in cells)."""
         fh, fw = targets["feature_hw"]
-        idx, mask = targets["idx"], targets["mask"].float()
-        num = mask.sum().clamp(min=1.0)
+        idx = targets["idx"]
         t = rows["box"].gather(1, idx[..., None].expand(-1, -1, 4))  # (B, M, 4)
         cell = idx % (fh * fw)
         gx = (cell % fw).to(t.dtype)
@@ -218,19 +217,31 @@ class UtodHead(DetectorHead):
         anchor_wh = self.effective_anchors()[torch.div(idx, fh * fw, rounding_mode="floor")]  # (B, M, 2)
         scale = torch.tensor([fw, fh], dtype=t.dtype, device=t.device)
         pbox = torch.cat([torch.sigmoid(t[..., :1]) + gx[..., None], torch.sigmoid(t[..., 1:2]) + gy[..., None],
-                          F.softplus(t[..., 2:4]) * anchor_wh * scale], dim=-1)  # cells
-        ciou = bbox_iou(pbox, targets["box"], "ciou")
+                          F.softplus(t[..., 2:4]) * anchor_wh * scale], dim=-1)
+        return bbox_iou(pbox, targets["box"], "ciou")
+
+    def iou_targets(self, outputs: dict[str, torch.Tensor], targets: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (CIoU (B, M) at the positives, with gradient; the quality/objectness target (B, A*H*W):
+        the detached CIoU clamped to 0..1 at each positive's row, 0 elsewhere)."""
+        rows = self._fields(outputs)
+        ciou = self._positive_ciou(rows, targets)
+        iou_t = ciou.detach().clamp(0, 1) * targets["mask"].to(ciou.dtype)
+        return ciou, torch.zeros_like(rows["obj"]).scatter_reduce(1, targets["idx"], iou_t, "amax")
+
+    def loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, Any]) -> dict[str, torch.Tensor]:
+        rows = self._fields(outputs)
+        mask = targets["mask"].float()
+        num = mask.sum().clamp(min=1.0)
+        ciou, iou_map = self.iou_targets(outputs, targets)
         box_loss = ((1 - ciou) * mask).sum() / num
-        # The IoU map: quality and objectness learn how good the positive's box is, not just "here".
-        iou_t = (ciou.detach().clamp(0, 1) * mask)
-        iou_map = torch.zeros_like(rows["obj"]).scatter_reduce(1, idx, iou_t, "amax")
+        # Quality and objectness learn how good the positive's own box is, not just "a person is here".
         qual_loss = F.binary_cross_entropy_with_logits(rows["quality"], iou_map)
         obj_loss = F.binary_cross_entropy_with_logits(rows["obj"], iou_map)
         o = self.opts
         total = o.w_box * box_loss + o.w_obj * obj_loss + o.w_qual * qual_loss
         terms = {"box": box_loss, "obj": obj_loss, "qual": qual_loss}
         if self.cls_out:
-            picked = rows["cls"].gather(1, idx[..., None].expand(-1, -1, self.cls_out))
+            picked = rows["cls"].gather(1, targets["idx"][..., None].expand(-1, -1, self.cls_out))
             onehot = F.one_hot(targets["cls"], self.cls_out).to(picked.dtype)
             bce = F.binary_cross_entropy_with_logits(picked, onehot, reduction="none").mean(-1)
             terms["cls"] = (bce * mask).sum() / num
