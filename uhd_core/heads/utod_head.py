@@ -220,7 +220,8 @@ class UtodHead(DetectorHead):
                           F.softplus(t[..., 2:4]) * anchor_wh * scale], dim=-1)
         return bbox_iou(pbox, targets["box"], "ciou")
 
-    def iou_targets(self, outputs: dict[str, torch.Tensor], targets: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def iou_targets(self, outputs: dict[str, torch.Tensor],
+                    targets: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (CIoU (B, M) at the positives, with gradient; the quality/objectness target (B, A*H*W):
         the detached CIoU clamped to 0..1 at each positive's row, 0 elsewhere)."""
         rows = self._fields(outputs)
@@ -258,7 +259,8 @@ class UtodHead(DetectorHead):
         fh, fw = shape[2], shape[3]
         gy = torch.arange(fh, device=box.device).to(box.dtype)[:, None]
         gx = torch.arange(fw, device=box.device).to(box.dtype)[None, :]
-        anchors = self.effective_anchors().to(box.dtype)[None, :, None, None, :]  # (1, A, 1, 1, 2)
+        # detached: decoding is not trained, and a constant traces as one initializer
+        anchors = self.effective_anchors().detach().to(box.dtype)[None, :, None, None, :]  # (1, A, 1, 1, 2)
         coords = [(torch.sigmoid(field[0]) + gx) / fw.to(box.dtype), (torch.sigmoid(field[1]) + gy) / fh.to(box.dtype),
                   F.softplus(field[2]) * anchors[..., 0], F.softplus(field[3]) * anchors[..., 1]]
         boxes = torch.stack([v.flatten(1) for v in coords], dim=-1)  # (B, A*H*W, 4)
