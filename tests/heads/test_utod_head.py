@@ -110,14 +110,15 @@ def test_iou_targets_are_the_detached_iou_at_positives_and_zero_elsewhere():
     assert float(head.loss(exact, t)["box"].detach()) == pytest.approx(0, abs=1e-5)
 
 
+@pytest.mark.parametrize("nms_candidates", [0, 6])
 @pytest.mark.parametrize("num_classes", [1, 2])
 @pytest.mark.parametrize("score", ["quality", "obj_quality"])
-def test_decode_inverts_an_encoded_box(num_classes, score):
-    head = _head(num_classes, score=score)
+def test_decode_inverts_an_encoded_box(num_classes, score, nms_candidates):
+    head = _head(num_classes, score=score, nms_candidates=nms_candidates)
     labels = LABELS.clamp(max=num_classes - 1)
     t = head.build_targets(BOXES, labels, (4, 4))
     det = head.decode(_encode(head, t, 4, 4), topk=10)
-    assert det.shape == (2, 10, 6)
+    assert det.shape == (2, min(10, 6 * num_classes) if nms_candidates else 10, 6)  # at most candidates x classes
     for i in range(2):
         kept = det[i][det[i, :, 0] > 0.9]
         want = [(int(lab), box) for box, lab in zip(BOXES[i], labels[i], strict=True) if lab >= 0]
@@ -150,11 +151,11 @@ def test_empty_images_give_a_finite_loss():
     assert float(losses["box"].detach()) == 0 and math.isfinite(float(losses["loss"].detach()))
 
 
-@pytest.mark.parametrize("classes", ["0", "0,1"])
-def test_merged_and_raw_exports_match_pytorch_with_every_branch(classes, tmp_path):
+@pytest.mark.parametrize("classes,nms", [("0", 0), ("0,1", 0), ("0", 24), ("0,1", 24)])
+def test_merged_and_raw_exports_match_pytorch_with_every_branch(classes, nms, tmp_path):
     # randomized weights: a fresh head's prior biases give near-equal scores, whose order nothing fixes
     model, cfg = randomized("utod-utod", classes=classes,
-                            arch_options="lob=1,lob_depth=3,score=obj_quality,quality_power=1.5")
+                            arch_options=f"lob=1,lob_depth=3,score=obj_quality,quality_power=1.5,nms_candidates={nms}")
     g = torch.Generator().manual_seed(1)
     inputs = [torch.rand(1, 3, 64, 64, generator=g), torch.rand(2, 3, 96, 128, generator=g)]
     for merged in (True, False):

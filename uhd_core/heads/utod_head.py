@@ -40,6 +40,7 @@ from uhd_core.errors import ConfigError
 from uhd_core.heads.anchor import NMS_IOU, fast_nms, fit_config_anchors
 from uhd_core.heads.base import HEADS, DetectorHead
 from uhd_core.heads.box_iou import bbox_iou
+from uhd_core.heads.tracing import traced_min
 from uhd_core.layers.blocks import ConvBNAct, DWConvBNAct, make_activation
 
 #: Person-shaped (w, h) anchors, normalized, sorted by area (the original's published UltraTinyOD set),
@@ -68,6 +69,8 @@ class UtodOptions(BaseModel):
     w_qual: float = Field(16.0, ge=0, le=1000, description="weight of the quality BCE")
     w_cls: float = Field(1.0, ge=0, le=1000, description="weight of the class BCE (more than one class)")
     learn_wh_scale: bool = Field(True, description="learn a per-anchor (w, h) factor on the anchors")
+    nms_candidates: int = Field(0, ge=0, le=100000, description="anchor-cells kept (best score) before the Fast "
+                                "NMS; 0 = its default of 4 x topk. Its cost grows with the square of this")
 
 
 def _tower(c: int, depth: int, out: int, activation: str) -> nn.Sequential:
@@ -280,6 +283,11 @@ class UtodHead(DetectorHead):
     def decode(self, outputs: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
         """-> (B, K, 6) score, class, cx, cy, w, h (class-aware Fast NMS, see heads.anchor.fast_nms)."""
         boxes, scores = self.decode_boxes(outputs)
+        n = self.opts.nms_candidates
+        if n:  # keep the n best anchor-cells (by their best class) before the (n x n) suppression
+            _, rows = scores.amax(-1).topk(traced_min(scores[..., 0], n, 1), dim=1)  # (B, P)
+            boxes = boxes.gather(1, rows[..., None].expand(-1, -1, 4))
+            scores = scores.gather(1, rows[..., None].expand(-1, -1, scores.shape[-1]))
         return fast_nms(boxes, scores.flatten(1), scores.shape[-1], topk, NMS_IOU)
 
     def export_postprocess(self, outputs: dict[str, torch.Tensor], topk: int) -> torch.Tensor:
