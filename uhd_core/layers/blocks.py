@@ -65,3 +65,22 @@ def make_se(kind: str, channels: int, activation: str) -> nn.Module:
     if kind == "ese":
         return EffectiveSqueezeExcite(channels)
     return nn.Identity()
+
+
+class DWConvBNAct(nn.Sequential):
+    """3x3 depthwise ConvBNAct (carries the stride) -> 1x1 pointwise ConvBNAct.
+
+    Unlike :class:`DepthwiseSeparable`, both convs get their own BN and activation, so each conv has
+    a BN to fold into and an activation range of its own (what an int8 export quantizes per layer).
+    (B, c_in, H, W) -> (B, c_out, H / stride, W / stride).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in),
+            make_activation(activation),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            make_activation(activation),
+        )
