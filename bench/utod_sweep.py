@@ -46,8 +46,14 @@ from zoo import DEFAULT_DATA, REPO, SEED, data_fingerprint, fmt_macs, quick_data
 SWEEP_VERSION = 1
 BEGIN = "<!-- SWEEP TABLE: written by bench/utod_sweep.py -->"
 END = "<!-- END SWEEP TABLE -->"
-EXTRA_DIRS = ("/work/shared/data/coco17val_person_extra/obj_train_data",
-              "/work/shared/data/capston2_person_extra/obj_train_data")
+#: The two training-only folders of issue 18, beside the dev set (../shared/data/ of the checkout).
+EXTRA_DIRS = tuple(str(DEFAULT_DATA.parent.parent / name / "obj_train_data")
+                   for name in ("coco17val_person_extra", "capston2_person_extra"))
+
+
+def shown_path(text: str) -> str:
+    """Paths under the checkout's parent as ``..`` (the tables in docs/ hold no machine's absolute paths)."""
+    return text.replace(str(REPO.parent), "..")
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,7 @@ def table(records: list[dict[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         t = r["train"]
-        flags = " ".join(["--preset", r["preset"], *r["flags"]]).replace("|", "\\|")
+        flags = shown_path(" ".join(["--preset", r["preset"], *r["flags"]])).replace("|", "\\|")
         lines.append(f"| {r['name']} | `{flags}` | {t['params']:,} | {fmt_macs(r['bench']['macs'])} | "
                      f"{r['bench']['p50_ms']:.3f} | {r['val']['map50']:.4f} | {r['val']['coco_map']:.4f} | "
                      f"{r['train_split']['map50']:.4f} | {t['num_train']} | {t['epochs']} | {t['wall_s'] / 60:.1f} |")
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{rec['bench']['p50_ms']:.3f} ms")
         records.append(rec)
     if records:
-        meta = (f"Data: `{data}` (seed {SEED} split: val {records[0]['val']['num_images']} images), `--threads 1`, "
+        meta = (f"Data: `{shown_path(str(data))}` (seed {SEED} split: val {records[0]['val']['num_images']} images), `--threads 1`, "
                 f"CPU; latency: `uhd bench --threads 1`; written {time.strftime('%Y-%m-%d %H:%M')}.")
         write_report(out, records, meta)
         log(f"report: {out}")
