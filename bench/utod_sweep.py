@@ -85,7 +85,13 @@ def parse_spec(text: str) -> Spec:
     words = shlex.split(rest)
     if not sep or not name.strip() or not words:
         raise ValueError(f"--spec {text!r}: expected 'NAME: PRESET [FLAGS...]'")
-    return Spec(name.strip(), words[0], tuple(words[1:]))
+    return Spec(name.strip(), words[0], expand_flags(words[1:]))
+
+
+def expand_flags(words) -> tuple[str, ...]:
+    """``{extra_dirs}`` in a flag stands for the two training-only folders (EXTRA_DIRS, comma-joined),
+    so spec files hold no machine's absolute paths."""
+    return tuple(str(w).replace("{extra_dirs}", ",".join(EXTRA_DIRS)) for w in words)
 
 
 def read_specs(path: Path) -> list[Spec]:
@@ -96,7 +102,7 @@ def read_specs(path: Path) -> list[Spec]:
     for item in yaml.safe_load(path.read_text()) or []:
         flags = item.get("flags") or []
         specs.append(Spec(str(item["name"]), str(item["preset"]),
-                          tuple(shlex.split(flags) if isinstance(flags, str) else map(str, flags))))
+                          expand_flags(shlex.split(flags) if isinstance(flags, str) else flags)))
     return specs
 
 
