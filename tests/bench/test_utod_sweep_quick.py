@@ -5,7 +5,6 @@ finite numbers between its markers (the rest of the file kept), and a rerun take
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "utod_sweep.py"
 
 
 def _sweep_module():
-    spec = importlib.util.spec_from_file_location("uhd_bench_utod_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("utod_sweep")
 
 
 def _run(out: Path, cache: Path) -> str:

@@ -5,7 +5,6 @@ second run takes everything from the cache. ~15-30 s on 2 cores.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "zoo.py"
 
 
 def _zoo_module():
-    spec = importlib.util.spec_from_file_location("uhd_bench_zoo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # top level imports no torch: cheap
-    return module
+    return load_bench_script("zoo")
 
 
 def _run(out: Path, cache: Path) -> subprocess.CompletedProcess[str]:
